@@ -1,0 +1,1 @@
+"""lesionforge.gan: generators that learn to synthesize labelled lesion CT slices."""
