@@ -107,6 +107,18 @@ class Sample:
     def has_lesion(self) -> bool:
         return bool(self.mask.any())
 
+    def copy(self) -> Sample:
+        """A deep copy (arrays and meta), so augmenting it never touches the original."""
+        import copy
+
+        return Sample(
+            image=self.image.copy(),
+            mask=self.mask.copy(),
+            boxes=self.boxes.copy(),
+            labels=self.labels.copy(),
+            meta=copy.deepcopy(self.meta),
+        )
+
     def replace(self, **changes: Any) -> Sample:
         """A copy with some fields changed; boxes are re-derived when only the mask changes."""
         if "mask" in changes and "boxes" not in changes:
