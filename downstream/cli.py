@@ -1,0 +1,322 @@
+"""The ``lesionforge`` command line.
+
+The only place that talks to the terminal: library code raises `LesionforgeError`
+subclasses, and `main` turns them into one line on stderr and exit code 2.
+Heavy imports happen inside each command so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from augment.errors import LesionforgeError
+
+log = logging.getLogger("lesionforge")
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+# ------------------------------------------------------------------------ commands
+
+
+def cmd_data_phantom(a: argparse.Namespace) -> None:
+    from augment.phantom import write_phantom
+
+    out = write_phantom(
+        a.out, a.kind, a.n, size=a.size, domain=a.domain, seed=a.seed, overwrite=a.overwrite, progress=True
+    )
+    print(f"wrote {a.n} {a.kind} phantom slices (domain {a.domain}) to {out}")
+
+
+def _lesion_labels(text: str | None):
+    if not text:
+        return None
+    if ":" in text:  # "2:1,3:2" maps source label -> class
+        pairs = (item.split(":") for item in text.split(","))
+        return {int(k): int(v) for k, v in pairs}
+    return [int(v) for v in text.split(",")]
+
+
+def cmd_data_import(a: argparse.Namespace) -> None:
+    from augment.io import import_dataset
+
+    window = None
+    if a.window:
+        window = {"center": a.window[0], "width": a.window[1]}
+    out = import_dataset(
+        a.src,
+        a.out,
+        fmt=a.format,
+        lesion_labels=_lesion_labels(a.lesion_labels),
+        slices=a.slices,
+        size=a.size,
+        window=window,
+        mask_dir=a.mask_dir,
+        overwrite=a.overwrite,
+        progress=True,
+    )
+    from augment.info import dataset_info, format_info
+
+    print(format_info(dataset_info(out)))
+    print(f"imported {a.src} to {out}")
+
+
+def cmd_data_info(a: argparse.Namespace) -> None:
+    from augment.info import dataset_info, format_info
+
+    print(format_info(dataset_info(a.dir)))
+
+
+def cmd_data_export(a: argparse.Namespace) -> None:
+    from augment.io import export_boxes
+
+    path = export_boxes(a.dir, a.format)
+    print(f"wrote {a.format.upper()} boxes: {path}")
+
+
+def cmd_augment_preview(a: argparse.Namespace) -> None:
+    import numpy as np
+
+    from augment.classical import build_augmenter
+    from augment.datasets import SliceDataset
+    from augment.viz import preview_augmentations
+    from augment.window import DISPLAY_WINDOW
+
+    ds = SliceDataset(a.data)
+    augmenter = build_augmenter(_pipeline_spec(a.pipeline))
+    rng = np.random.default_rng(a.seed)
+    # Prefer slices with lesions: they show that masks and boxes move with the image.
+    order = rng.permutation(len(ds))
+    picked = [i for i in order if ds.load(int(i)).has_lesion][: a.n] or list(order[: a.n])
+    samples = [ds.load(int(i)) for i in picked]
+    window = a.window or DISPLAY_WINDOW.get(ds.kind, "brain")
+    path = preview_augmentations(samples, augmenter, rng, a.out, n_aug=a.n_aug, window=window)
+    print(f"wrote augmentation preview: {path}")
+
+
+def _pipeline_spec(text: str):
+    p = Path(text)
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        from augment.errors import ConfigError
+
+        if not p.exists():
+            raise ConfigError(f"{p}: pipeline file not found")
+        try:
+            return yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
+    return text
+
+
+def cmd_gan_train(a: argparse.Namespace) -> None:
+    from gan.trainer import run_training
+
+    result = run_training(
+        a.model,
+        a.data,
+        a.data_b,
+        a.out,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        seed=a.seed,
+        device=a.device,
+        config_path=a.config,
+        resume=a.resume,
+        wandb=a.wandb,
+        ckpt_every=a.ckpt_every,
+        grid_every=a.grid_every,
+    )
+    print(f"trained {a.model} to step {result['step']}; checkpoint: {result['checkpoint']}")
+
+
+def cmd_gan_evaluate(a: argparse.Namespace) -> None:
+    from gan.evaluate import evaluate_run
+
+    result = evaluate_run(
+        a.run,
+        a.data,
+        data_b=a.data_b,
+        out=a.out,
+        fid_weights=a.fid_weights,
+        n=a.n,
+        seed=a.seed,
+        device=a.device,
+    )
+    for line in result["summary_lines"]:
+        print(line)
+    print(f"wrote {result['metrics_path']}")
+
+
+def cmd_synthesize(a: argparse.Namespace) -> None:
+    from gan.synthesize import synthesize_dataset
+
+    out = synthesize_dataset(
+        a.checkpoint,
+        a.n,
+        a.out,
+        hosts=a.hosts,
+        seed=a.seed,
+        export=a.export,
+        device=a.device,
+        overwrite=a.overwrite,
+        progress=True,
+    )
+    print(f"wrote {a.n} synthetic slices to {out}")
+
+
+def cmd_compare(a: argparse.Namespace) -> None:
+    from downstream.harness import run_compare
+
+    report = run_compare(a.config, out=a.out, seed=a.seed, device=a.device)
+    print(f"report: {report}")
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from downstream.demo import run_demo
+
+    report = run_demo(out=a.out, seed=a.seed, device=a.device)
+    print(f"report: {report}")
+
+
+# -------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--seed", type=int, default=0, help="random seed (same seed + config = same files)")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+
+    p = argparse.ArgumentParser(
+        prog="lesionforge",
+        description="Make more labelled lesion CT data out of little, and measure whether it helps.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # data
+    data = sub.add_parser("data", help="phantom data, import scans, dataset info").add_subparsers(
+        dest="data_command", required=True, metavar="SUBCOMMAND"
+    )
+    ph = data.add_parser("phantom", parents=[common], help="write an embedded CT phantom dataset")
+    ph.add_argument("--kind", default="head-ich", choices=["head-ich", "liver"])
+    ph.add_argument("--n", type=int, default=500, help="number of slices")
+    ph.add_argument("--size", type=int, default=128, help="slice size in pixels")
+    ph.add_argument("--domain", default="A", help="scanner/protocol domain (A, B)")
+    ph.add_argument("--out", type=Path, required=True)
+    ph.add_argument("--overwrite", action="store_true")
+    ph.set_defaults(func=cmd_data_phantom)
+
+    im = data.add_parser("import", parents=[common], help="import NIfTI/DICOM/PNG/NPY scans into a dataset folder")
+    im.add_argument("src", type=Path, help="folder (or file) with the scans")
+    im.add_argument("--out", type=Path, required=True)
+    im.add_argument("--format", default="auto", choices=["auto", "nifti", "dicom", "png", "npy"])
+    im.add_argument(
+        "--lesion-labels",
+        help="label values kept as lesion: '2' (label 2 -> class 1), '1,2' (each its own class) "
+        "or '2:1,3:2' (source:class); default: every non-zero label is its own class",
+    )
+    im.add_argument("--slices", default="all", choices=["all", "lesion", "nonempty"])
+    im.add_argument("--size", type=int, help="resample slices to SIZE x SIZE pixels")
+    im.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"), help="window the PNGs were exported with")
+    im.add_argument("--mask-dir", type=Path, help="masks for DICOM/PNG/NPY input")
+    im.add_argument("--overwrite", action="store_true")
+    im.set_defaults(func=cmd_data_import)
+
+    info = data.add_parser("info", parents=[common], help="counts, patients, lesion sizes, HU per class")
+    info.add_argument("dir", type=Path)
+    info.set_defaults(func=cmd_data_info)
+
+    ex = data.add_parser("export", parents=[common], help="write PASCAL VOC XML or COCO JSON boxes")
+    ex.add_argument("dir", type=Path)
+    ex.add_argument("--format", required=True, choices=["voc", "coco"])
+    ex.set_defaults(func=cmd_data_export)
+
+    # augment
+    aug = sub.add_parser("augment", help="classical augmentation").add_subparsers(
+        dest="augment_command", required=True, metavar="SUBCOMMAND"
+    )
+    pv = aug.add_parser("preview", parents=[common], help="PNG grid: original vs augmented, mask overlay")
+    pv.add_argument("--data", type=Path, required=True)
+    pv.add_argument("--pipeline", default="standard", help="pipeline name or YAML file")
+    pv.add_argument("--n", type=int, default=4, help="number of slices")
+    pv.add_argument("--n-aug", type=int, default=3, help="augmented versions per slice")
+    pv.add_argument("--window", help="display window name (default from the data kind)")
+    pv.add_argument("--out", type=Path, default=Path("augment_preview.png"))
+    pv.set_defaults(func=cmd_augment_preview)
+
+    # gan
+    g = sub.add_parser("gan", help="train and evaluate generators").add_subparsers(
+        dest="gan_command", required=True, metavar="SUBCOMMAND"
+    )
+    tr = g.add_parser("train", parents=[common, device], help="train dcgan, pix2pix or cyclegan")
+    tr.add_argument("model", choices=["dcgan", "pix2pix", "cyclegan"])
+    tr.add_argument("--data", type=Path, required=True, help="training dataset folder (domain A for CycleGAN)")
+    tr.add_argument("--data-b", type=Path, help="domain B dataset folder (CycleGAN)")
+    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--out", type=Path, required=True, help="run folder")
+    tr.add_argument("--config", type=Path, help="YAML with model (and train) options")
+    tr.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    tr.add_argument("--wandb", action="store_true", help="log to wandb (offline unless configured)")
+    tr.add_argument("--ckpt-every", type=int, default=500)
+    tr.add_argument("--grid-every", type=int, default=250)
+    tr.set_defaults(func=cmd_gan_train)
+
+    ev = g.add_parser("evaluate", parents=[common, device], help="SSIM/PSNR, FID/KID, memorisation audit")
+    ev.add_argument("run", type=Path, help="run folder or checkpoint")
+    ev.add_argument("--data", type=Path, required=True, help="held-out real slices")
+    ev.add_argument("--data-b", type=Path, help="true domain-B renderings (CycleGAN)")
+    ev.add_argument("--fid-weights", type=Path, help="pytorch-fid Inception weights (pt_inception-2015-12-05-6726825d.pth)")
+    ev.add_argument("--n", type=int, default=200, help="synthetic slices to evaluate")
+    ev.add_argument("--out", type=Path, help="output folder (default: RUN/eval)")
+    ev.set_defaults(func=cmd_gan_evaluate)
+
+    sy = sub.add_parser("synthesize", parents=[common, device], help="write a labelled synthetic dataset")
+    sy.add_argument("--checkpoint", type=Path, required=True)
+    sy.add_argument("--n", type=int, required=True)
+    sy.add_argument("--out", type=Path, required=True)
+    sy.add_argument("--hosts", type=Path, help="real slices that receive / carry the lesions")
+    sy.add_argument("--export", choices=["voc", "coco"], help="also write boxes as VOC XML or COCO JSON")
+    sy.add_argument("--overwrite", action="store_true")
+    sy.set_defaults(func=cmd_synthesize)
+
+    cp = sub.add_parser("compare", parents=[common, device], help="compare augmentation strategies (YAML config)")
+    cp.add_argument("config", type=Path)
+    cp.add_argument("--out", type=Path, help="output folder (default from the config)")
+    cp.set_defaults(func=cmd_compare)
+
+    dm = sub.add_parser("demo", parents=[common, device], help="the quick end-to-end run on the head-ICH phantom")
+    dm.add_argument("--out", type=Path, default=Path("out/demo"))
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    os.environ.setdefault("WANDB_MODE", "offline")
+    try:
+        args.func(args)
+    except LesionforgeError as e:
+        print(f"lesionforge: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("lesionforge: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

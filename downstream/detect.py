@@ -1,0 +1,261 @@
+"""Detectors: torchvision Faster R-CNN, k-means anchors, and the cost-sensitive RPN.
+
+The cost-sensitive variant targets the failure that matters in ICH triage, a missed
+bleed. Its RPN objectness loss weighs positive anchors by ``alpha`` and, per image,
+samples negatives to positives at a ratio ``r`` in ``[1, R]``:
+
+* the loss is ``mean_i w_i * BCE(o_i, y_i)`` over the sampled anchors with
+  ``w_i = alpha`` for positives and 1 for negatives;
+* ``r`` adapts per image from how well its positives are already predicted:
+  ``r = 1 + (R - 1) * p`` with ``p`` the mean objectness probability of the image's
+  positive anchors (detached). Poorly found lesions keep the balanced 1:1 sampling
+  that favours recall; once they are found, more negatives are sampled to cut false
+  positives. ``r`` maps to torchvision's sampler as ``positive_fraction = 1 / (1 + r)``.
+
+With ``alpha = 1`` and ``R = 1`` the sampler, the random draws and the loss are
+exactly torchvision's (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+
+from augment.errors import ConfigError, LesionforgeError
+
+
+class NonFiniteDetectionLoss(LesionforgeError):
+    """A detection loss became NaN/inf."""
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Faster R-CNN options. No pretrained weights are downloaded: training starts from
+    random initialisation (BatchNorm trainable, as torchvision does without weights)."""
+
+    backbone: str = "mobilenet_v3_large"  # or "resnet50"
+    image_size: int = 128  # min_size = max_size = the data's size: no upscaling to 800
+    returned_layers: tuple[int, ...] = (2, 3, 4, 5)  # stride 8 features: small bleeds
+    anchor_sizes: tuple[float, ...] = (8.0, 16.0, 32.0)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    cost_sensitive: bool = False
+    alpha: float = 1.0  # weight of positive anchors in the RPN objectness loss
+    max_ratio: float = 1.0  # R: negatives per positive adapt within [1, R]
+    rpn_batch_size_per_image: int = 256
+    box_detections_per_img: int = 20
+    box_score_thresh: float = 0.01
+    lr: float = 1e-3
+
+
+def kmeans_anchors(
+    boxes: np.ndarray, *, n_sizes: int = 3, n_ratios: int = 3, seed: int = 0, iters: int = 50
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Anchor sizes and aspect ratios (h/w, torchvision's convention) from training boxes.
+
+    Sizes: k-means on ``log sqrt(w h)``; ratios: k-means on ``log(h / w)``. Working in
+    log space makes a 4 px and an 8 px lesion as far apart as 32 px and 64 px ones.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    w = np.maximum(boxes[:, 2] - boxes[:, 0], 1.0)
+    h = np.maximum(boxes[:, 3] - boxes[:, 1], 1.0)
+    if len(boxes) < max(n_sizes, n_ratios):
+        raise ConfigError(f"k-means anchors need at least {max(n_sizes, n_ratios)} training boxes, got {len(boxes)}")
+    sizes = np.exp(_kmeans_1d(np.log(np.sqrt(w * h)), n_sizes, seed, iters))
+    ratios = np.exp(_kmeans_1d(np.log(h / w), n_ratios, seed, iters))
+    return tuple(float(round(s, 2)) for s in sizes), tuple(float(round(r, 3)) for r in ratios)
+
+
+def _kmeans_1d(x: np.ndarray, k: int, seed: int, iters: int) -> np.ndarray:
+    """Sorted centres of 1-D k-means (Lloyd), initialised at quantiles; empty clusters
+    are re-seeded from the points farthest from their centre."""
+    centres = np.quantile(x, (np.arange(k) + 0.5) / k)
+    rng = np.random.default_rng(seed)
+    for _ in range(iters):
+        assign = np.argmin(np.abs(x[:, None] - centres[None]), axis=1)
+        new = centres.copy()
+        for j in range(k):
+            members = x[assign == j]
+            new[j] = members.mean() if len(members) else x[rng.integers(len(x))]
+        if np.allclose(new, centres):
+            break
+        centres = new
+    # identical centres (all boxes alike) would give duplicate anchors: spread them
+    centres = np.sort(centres)
+    for j in range(1, k):
+        if centres[j] - centres[j - 1] < 1e-3:
+            centres[j] = centres[j - 1] + math.log(1.25)
+    return centres
+
+
+class CostSensitiveRPN(RegionProposalNetwork):
+    """RPN whose objectness loss weights positives by ``alpha`` and adapts the per-image
+    negative:positive sampling ratio within ``[1, max_ratio]`` (module docstring)."""
+
+    def __init__(self, *args: Any, alpha: float = 1.0, max_ratio: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if alpha <= 0 or max_ratio < 1:
+            raise ConfigError(f"cost-sensitive RPN needs alpha > 0 and max_ratio >= 1, got {alpha}, {max_ratio}")
+        self.alpha = alpha
+        self.max_ratio = max_ratio
+        self.last_ratios: list[float] = []
+
+    def compute_loss(
+        self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        per_image = objectness.detach().view(len(labels), -1)
+        pos_masks, neg_masks, ratios = [], [], []
+        for img_obj, img_labels in zip(per_image, labels):
+            positive = img_labels >= 1
+            p = torch.sigmoid(img_obj[positive]).mean().item() if positive.any() else 0.0
+            r = 1.0 + (self.max_ratio - 1.0) * p
+            sampler = det_utils.BalancedPositiveNegativeSampler(
+                self.fg_bg_sampler.batch_size_per_image, 1.0 / (1.0 + r)
+            )
+            pos, neg = sampler([img_labels])
+            pos_masks.append(pos[0])
+            neg_masks.append(neg[0])
+            ratios.append(r)
+        self.last_ratios = ratios
+        pos_idx = torch.where(torch.cat(pos_masks))[0]
+        neg_idx = torch.where(torch.cat(neg_masks))[0]
+        sampled = torch.cat([pos_idx, neg_idx])
+        objectness = objectness.flatten()
+        labels_cat = torch.cat(labels)
+        targets = torch.cat(regression_targets)
+        box_loss = (
+            F.smooth_l1_loss(pred_bbox_deltas[pos_idx], targets[pos_idx], beta=1 / 9, reduction="sum")
+            / sampled.numel()
+        )
+        weights = torch.ones(sampled.numel(), device=objectness.device, dtype=objectness.dtype)
+        weights[: pos_idx.numel()] = self.alpha
+        bce = F.binary_cross_entropy_with_logits(objectness[sampled], labels_cat[sampled], reduction="none")
+        return (weights * bce).mean(), box_loss
+
+
+def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
+    """Faster R-CNN for 1-channel CT replicated to 3 channels, ``num_classes`` incl. background."""
+    if cfg.backbone.startswith("mobilenet"):
+        backbone = mobilenet_backbone(
+            backbone_name=cfg.backbone,
+            weights=None,
+            fpn=True,
+            norm_layer=nn.BatchNorm2d,
+            trainable_layers=6,
+            returned_layers=list(cfg.returned_layers),
+        )
+    elif cfg.backbone == "resnet50":
+        backbone = resnet_fpn_backbone(
+            backbone_name="resnet50", weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5
+        )
+    else:
+        raise ConfigError(f"unknown detector backbone {cfg.backbone!r} (mobilenet_v3_large, resnet50)")
+    n_maps = len(backbone(torch.zeros(1, 3, 64, 64)))
+    anchors = AnchorGenerator(
+        sizes=(tuple(cfg.anchor_sizes),) * n_maps, aspect_ratios=(tuple(cfg.aspect_ratios),) * n_maps
+    )
+    model = FasterRCNN(
+        backbone,
+        num_classes=num_classes,
+        min_size=cfg.image_size,
+        max_size=cfg.image_size,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.25, 0.25, 0.25],
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]),
+        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+        box_detections_per_img=cfg.box_detections_per_img,
+        box_score_thresh=cfg.box_score_thresh,
+    )
+    if cfg.cost_sensitive:
+        old = model.rpn
+        model.rpn = CostSensitiveRPN(
+            old.anchor_generator,
+            old.head,
+            fg_iou_thresh=0.7,
+            bg_iou_thresh=0.3,
+            batch_size_per_image=cfg.rpn_batch_size_per_image,
+            positive_fraction=0.5,
+            pre_nms_top_n=dict(old._pre_nms_top_n),
+            post_nms_top_n=dict(old._post_nms_top_n),
+            nms_thresh=old.nms_thresh,
+            alpha=cfg.alpha,
+            max_ratio=cfg.max_ratio,
+        )
+    return model
+
+
+def to_detection_inputs(batch: dict[str, Any], device: torch.device) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    """A `collate` batch ([-1, 1] images) -> torchvision's images in [0, 1] (3 channels) and targets."""
+    images = [((x + 1) / 2).expand(3, -1, -1).to(device) for x in batch["image"]]
+    targets = [
+        {"boxes": b.to(device).reshape(-1, 4), "labels": lab.to(device)}
+        for b, lab in zip(batch["boxes"], batch["labels"])
+    ]
+    return images, targets
+
+
+def train_one_epoch(
+    model: FasterRCNN,
+    optimizer: torch.optim.Optimizer,
+    loader: Iterable[dict[str, Any]],
+    device: torch.device,
+    *,
+    max_steps: int | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader``; mean of each loss of torchvision's loss dict."""
+    model.train()
+    totals: dict[str, float] = {}
+    n = 0
+    for step, batch in enumerate(loader):
+        if max_steps is not None and step >= max_steps:
+            break
+        images, targets = to_detection_inputs(batch, device)
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise NonFiniteDetectionLoss(
+                f"detection loss became {float(loss)} at step {step} ({ {k: float(v) for k, v in losses.items()} })"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for k, v in losses.items():
+            totals[k] = totals.get(k, 0.0) + float(v.detach())
+        totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+        n += 1
+    out = {k: v / max(n, 1) for k, v in totals.items()}
+    out["steps"] = n
+    return out
+
+
+@torch.no_grad()
+def predict(
+    model: FasterRCNN, loader: Iterable[dict[str, Any]], device: torch.device
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(boxes, scores, labels)`` per image, in loader order."""
+    model.eval()
+    out = []
+    for batch in loader:
+        images, _ = to_detection_inputs(batch, device)
+        for det in model(images):
+            out.append(
+                (det["boxes"].cpu().numpy(), det["scores"].cpu().numpy(), det["labels"].cpu().numpy())
+            )
+    return out
+
+
+def image_scores(predictions: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Per image the highest box score (0 without boxes): "bleed present" when >= θ."""
+    return np.array([float(s.max()) if len(s) else 0.0 for _, s, _ in predictions])

@@ -1,0 +1,155 @@
+"""Segmenters: U-Net (Ronneberger 2015) and Attention U-Net (Oktay 2018).
+
+`train_one_epoch` / `evaluate` follow torchvision's detection references: plain
+functions over a model, an optimizer and a loader, returning numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from augment.errors import LesionforgeError
+
+
+class NonFiniteLossError(LesionforgeError):
+    """Training produced a NaN/inf loss (learning rate too high, or corrupt input)."""
+
+
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class AttentionGate(nn.Module):
+    """Additive attention gate (Oktay et al. 2018, Fig. 2): the decoder's gating signal
+    ``g`` weighs the encoder skip ``x`` per pixel before concatenation."""
+
+    def __init__(self, x_ch: int, g_ch: int, inter_ch: int) -> None:
+        super().__init__()
+        self.theta_x = nn.Conv2d(x_ch, inter_ch, 1, bias=False)
+        self.phi_g = nn.Conv2d(g_ch, inter_ch, 1, bias=True)
+        self.psi = nn.Conv2d(inter_ch, 1, 1, bias=True)
+
+    def forward(self, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        a = F.relu(self.theta_x(x) + self.phi_g(g))
+        alpha = torch.sigmoid(self.psi(a))
+        return x * alpha, alpha
+
+
+class UNet(nn.Module):
+    """U-Net with configurable depth/width; ``attention=True`` gives Attention U-Net.
+
+    Args:
+        in_channels: input channels (1 for a windowed CT slice).
+        n_classes: output classes including background.
+        base: channels of the first level (doubled per level; the paper uses 64).
+        depth: number of down-sampling steps (the paper uses 4).
+        attention: attention gates on the skip connections.
+    """
+
+    def __init__(
+        self, in_channels: int = 1, n_classes: int = 2, base: int = 64, depth: int = 4, attention: bool = False
+    ) -> None:
+        super().__init__()
+        chans = [base * 2**i for i in range(depth + 1)]
+        self.depth = depth
+        self.encoders = nn.ModuleList([_conv_block(in_channels, chans[0])])
+        self.encoders.extend(_conv_block(chans[i], chans[i + 1]) for i in range(depth))
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(depth)))
+        self.decoders = nn.ModuleList(_conv_block(2 * chans[i], chans[i]) for i in reversed(range(depth)))
+        self.gates = (
+            nn.ModuleList(AttentionGate(chans[i], chans[i], max(chans[i] // 2, 1)) for i in reversed(range(depth)))
+            if attention
+            else None
+        )
+        self.head = nn.Conv2d(chans[0], n_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] % 2**self.depth or x.shape[-2] % 2**self.depth:
+            raise ValueError(f"input size {tuple(x.shape[-2:])} must be divisible by {2**self.depth}")
+        skips = []
+        for i, enc in enumerate(self.encoders):
+            x = enc(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for j, (up, dec) in enumerate(zip(self.ups, self.decoders)):
+            x = up(x)
+            skip = skips.pop()
+            if self.gates is not None:
+                skip, _ = self.gates[j](skip, x)
+            x = dec(torch.cat([skip, x], dim=1))
+        return self.head(x)
+
+
+def dice_ce_loss(logits: Tensor, target: Tensor, *, smooth: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """Soft Dice over the foreground classes + cross-entropy, equally weighted.
+
+    Soft Dice per class c: ``1 - (2 Σ p_c y_c + s) / (Σ p_c + Σ y_c + s)`` summed over the
+    batch, averaged over classes 1..C-1 (background excluded, as nnU-Net's default).
+    """
+    n_classes = logits.shape[1]
+    ce = F.cross_entropy(logits, target)
+    probs = logits.softmax(1)
+    onehot = F.one_hot(target, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + smooth) / (denom + smooth)
+    dice_loss = 1 - dice[1:].mean() if n_classes > 1 else 1 - dice.mean()
+    return ce + dice_loss, {"ce": ce.detach(), "dice_loss": dice_loss.detach()}
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Iterable[dict[str, Any]],
+    device: torch.device,
+    *,
+    max_steps: int | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader`` (batches from `augment.datasets.collate`); mean losses."""
+    model.train()
+    totals: dict[str, Tensor] = {}
+    n = 0
+    for step, batch in enumerate(loader):
+        if max_steps is not None and step >= max_steps:
+            break
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["mask"].to(device, non_blocking=True)
+        loss, parts = dice_ce_loss(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        parts["loss"] = loss.detach()
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0) + v
+        n += 1
+    out = {k: float(v) / max(n, 1) for k, v in totals.items()}
+    if n and not math.isfinite(out["loss"]):
+        raise NonFiniteLossError(f"segmentation loss became {out['loss']} during training")
+    out["steps"] = n
+    return out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device) -> list[np.ndarray]:
+    """Argmax label maps (uint8, one per slice) in loader order."""
+    model.eval()
+    preds = []
+    for batch in loader:
+        logits = model(batch["image"].to(device))
+        preds.extend(logits.argmax(1).to(torch.uint8).cpu().numpy())
+    return preds

@@ -1,0 +1,108 @@
+"""Faster R-CNN wiring, k-means anchors, and the cost-sensitive RPN loss."""
+
+import numpy as np
+import pytest
+import torch
+
+from augment.datasets import collate
+from augment.errors import ConfigError
+from augment.sample import Sample
+from downstream.detect import (
+    CostSensitiveRPN,
+    DetectorConfig,
+    build_detector,
+    image_scores,
+    kmeans_anchors,
+    predict,
+    train_one_epoch,
+)
+
+
+def _rpn_inputs(seed: int, n_images: int = 2, n_anchors: int = 600):
+    g = torch.Generator().manual_seed(seed)
+    objectness = torch.randn(n_images * n_anchors, 1, generator=g)
+    deltas = torch.randn(n_images * n_anchors, 4, generator=g)
+    labels, targets = [], []
+    for _ in range(n_images):
+        lab = torch.zeros(n_anchors)
+        lab[torch.randperm(n_anchors, generator=g)[:20]] = 1.0  # 20 positives
+        lab[torch.randperm(n_anchors, generator=g)[:30]] = -1.0  # some ignored anchors
+        labels.append(lab)
+        targets.append(torch.randn(n_anchors, 4, generator=g))
+    return objectness, deltas, labels, targets
+
+
+def _rpns():
+    standard = build_detector(DetectorConfig(image_size=64), num_classes=2).rpn
+    cost = build_detector(DetectorConfig(image_size=64, cost_sensitive=True, alpha=1.0, max_ratio=1.0), 2).rpn
+    return standard, cost
+
+
+def test_cost_sensitive_reduces_to_standard_at_alpha_1_ratio_1():
+    standard, cost = _rpns()
+    assert isinstance(cost, CostSensitiveRPN)
+    inputs = _rpn_inputs(0)
+    torch.manual_seed(123)
+    ref = standard.compute_loss(*inputs)
+    torch.manual_seed(123)  # the samplers draw the same permutations
+    ours = cost.compute_loss(*inputs)
+    assert torch.allclose(ref[0], ours[0], rtol=0, atol=1e-7)
+    assert torch.allclose(ref[1], ours[1], rtol=0, atol=1e-7)
+
+
+def test_alpha_weights_positive_anchors():
+    _, cost = _rpns()
+    objectness, deltas, labels, targets = _rpn_inputs(1)
+    objectness = torch.full_like(objectness, -5.0)  # every positive badly missed
+    torch.manual_seed(0)
+    base = cost.compute_loss(objectness, deltas, labels, targets)[0]
+    cost.alpha = 4.0
+    torch.manual_seed(0)
+    weighted = cost.compute_loss(objectness, deltas, labels, targets)[0]
+    assert weighted > 2 * base  # positives dominate the loss when they are missed
+
+
+def test_ratio_adapts_within_bounds():
+    _, cost = _rpns()
+    cost.max_ratio = 3.0
+    objectness, deltas, labels, targets = _rpn_inputs(2)
+    cost.compute_loss(torch.full_like(objectness, -8.0), deltas, labels, targets)
+    assert all(abs(r - 1.0) < 1e-3 for r in cost.last_ratios)  # positives missed: stay 1:1
+    cost.compute_loss(torch.full_like(objectness, 8.0), deltas, labels, targets)
+    assert all(abs(r - 3.0) < 1e-3 for r in cost.last_ratios)  # positives found: up to R
+
+
+def test_kmeans_anchors_recover_size_and_shape_clusters():
+    rng = np.random.default_rng(0)
+    boxes = []
+    for size in (4, 16, 64):
+        for ratio in (0.5, 1.0, 2.0):  # h / w
+            for _ in range(20):
+                s = size * rng.uniform(0.95, 1.05)
+                w, h = s / np.sqrt(ratio), s * np.sqrt(ratio)
+                boxes.append([10, 10, 10 + w, 10 + h])
+    sizes, ratios = kmeans_anchors(np.array(boxes))
+    np.testing.assert_allclose(sizes, (4, 16, 64), rtol=0.1)
+    np.testing.assert_allclose(ratios, (0.5, 1.0, 2.0), rtol=0.1)
+    with pytest.raises(ConfigError):
+        kmeans_anchors(np.array(boxes[:2]))
+
+
+def test_detector_trains_and_predicts_on_small_slices():
+    torch.manual_seed(0)
+    samples = []
+    for i in range(4):
+        image = np.full((64, 64), 30.0, np.float32)
+        mask = np.zeros((64, 64), np.uint8)
+        mask[10 + 5 * i : 18 + 5 * i, 20:30] = 1
+        image[mask > 0] = 75.0
+        samples.append(Sample(image, mask, meta={"id": f"s{i}"}))
+    batch = collate(samples, "head-model")
+    cfg = DetectorConfig(image_size=64, cost_sensitive=True, alpha=2.0, max_ratio=3.0)
+    model = build_detector(cfg, num_classes=2)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    losses = train_one_epoch(model, opt, [batch], torch.device("cpu"))
+    assert losses["steps"] == 1 and np.isfinite(losses["loss"]) and "loss_objectness" in losses
+    preds = predict(model, [batch], torch.device("cpu"))
+    assert len(preds) == 4 and all(b.shape[1] == 4 for b, _, _ in preds if len(b))
+    assert image_scores(preds).shape == (4,)
