@@ -1,0 +1,295 @@
+"""Strategies × seeds × label budgets → result rows, cached by config hash.
+
+For each (budget k, seed s): the k labelled patients are drawn from the training split
+(nested across k), every generator is trained on those labelled slices only, its
+synthetic set is written to disk, and each task's model is trained under each strategy
+and evaluated on the test split, which no model or generator ever sees (asserted).
+
+Every expensive unit (a generator run, a synthetic set, a task run) is stored under a
+folder named by the sha256 of everything that determines it, so a rerun with the same
+config resumes where it stopped and recomputes nothing it already has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from augment.datasets import SliceDataset
+from augment.errors import DataError
+from augment.sample import Sample, split_by_patient, budget_patients, to_jsonable, versions, write_json_atomic
+from downstream.config import Experiment, GeneratorSpec, Strategy, load_experiment
+
+log = logging.getLogger(__name__)
+
+HARNESS_VERSION = 1  # bump when a change alters results, to invalidate caches
+
+
+def config_hash(obj: Any) -> str:
+    text = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class LeakageError(AssertionError):
+    """A test patient reached a model or generator: the comparison would be invalid."""
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def prepare_data(exp: Experiment, root: Path) -> tuple[SliceDataset, SliceDataset | None]:
+    """The source dataset and, for domain-shift studies, the target-domain dataset."""
+    d = exp.data
+    if d.folder:
+        source = SliceDataset(d.folder)
+        target = SliceDataset(d.target_folder) if d.target_folder else None
+        return source, target
+    from augment.phantom import write_phantom
+
+    def phantom(domain: str) -> SliceDataset:
+        spec = {"kind": d.phantom, "n": d.n, "size": d.size, "domain": domain, "seed": d.seed,
+                "slices_per_patient": d.slices_per_patient}
+        folder = root / f"phantom_{d.phantom}_{domain}_{config_hash(spec)}"
+        if not (folder / "dataset.json").exists():
+            write_phantom(folder, d.phantom, d.n, size=d.size, domain=domain, seed=d.seed,
+                          slices_per_patient=d.slices_per_patient, overwrite=True, progress=True)
+        return SliceDataset(folder)
+
+    source = phantom(d.domain)
+    target = phantom(d.target_domain) if d.target_domain else None
+    return source, target
+
+
+def _fingerprint(ds: SliceDataset) -> str:
+    return config_hash([[r["id"], r.get("sha256")] for r in ds.records])
+
+
+class Splits:
+    """Patient-level split of the source (and target) data, with the leakage guard."""
+
+    def __init__(self, exp: Experiment, source: SliceDataset, target: SliceDataset | None) -> None:
+        parts = split_by_patient(source.patient_ids, exp.split.fractions, seed=exp.split.seed)
+        self.source, self.target = source, target
+        self.train = source.subset(parts["train"])
+        self.val = source.subset(parts["val"])
+        train_patients = set(self.train.patient_ids)
+        test_patients = {source.patient_ids[i] for i in parts["test"]}
+        tests = []
+        if exp.data.test_on in ("source", "both"):
+            tests.append(source.subset(parts["test"]))
+        if target is not None:
+            t_test = [i for i, p in enumerate(target.patient_ids) if p in test_patients]
+            t_train = [i for i, p in enumerate(target.patient_ids) if p in train_patients]
+            self.target_train = target.subset(t_train)
+            self.target_val = target.subset(
+                [i for i, p in enumerate(target.patient_ids) if p in set(self.val.patient_ids)]
+            )
+            if exp.data.test_on in ("target", "both"):
+                tests.append(target.subset(t_test))
+        else:
+            self.target_train = None
+            self.target_val = None
+        self.test_samples: list[Sample] = [s for t in tests for s in t.samples()]
+        self.test_patients = {s.patient_id for s in self.test_samples}
+        if not self.test_samples:
+            raise DataError("the test split is empty: use more patients or a larger test fraction")
+
+    def labelled(self, budget: int, seed: int) -> SliceDataset:
+        keep = set(budget_patients(self.train.patient_ids, budget, seed=seed))
+        return self.train.subset([i for i, p in enumerate(self.train.patient_ids) if p in keep])
+
+    def assert_unseen(self, what: str, samples: Sequence[Sample] | SliceDataset) -> None:
+        """Raise `LeakageError` if any sample belongs to a test patient."""
+        ids = samples.patient_ids if isinstance(samples, SliceDataset) else [s.patient_id for s in samples]
+        leaked = sorted(set(ids) & self.test_patients)
+        if leaked:
+            raise LeakageError(f"{what} contains test patients {leaked[:5]}")
+
+
+# ------------------------------------------------------------------------ generators
+
+
+def generator_run(
+    name: str, spec: GeneratorSpec, labelled: SliceDataset, unlabelled_b: SliceDataset | None,
+    *, seed: int, root: Path, device: str, kind: str,
+) -> tuple[Path, dict[str, Any]]:
+    """Train (or reuse) generator ``name`` on the labelled slices; returns (checkpoint, info)."""
+    from gan.base import config_from_dict, get_generator
+    from gan.trainer import TrainConfig, train
+
+    model_cfg = {"anatomy": kind, **spec.config} if name != "cyclegan" else dict(spec.config)
+    key = config_hash({"v": HARNESS_VERSION, "model": name, "config": model_cfg, "steps": spec.steps,
+                       "bs": spec.batch_size, "seed": seed, "data": _fingerprint(labelled),
+                       "data_b": _fingerprint(unlabelled_b) if unlabelled_b is not None else None})
+    run = root / f"{name}_{key}"
+    ckpt = run / "last.pt"
+    t0 = time.perf_counter()
+    if not (run / "done.json").exists():
+        cls = get_generator(name)
+        module = cls(config_from_dict(cls.Config, model_cfg))
+        data_b = unlabelled_b.samples() if unlabelled_b is not None else None
+        cfg = TrainConfig(steps=spec.steps, batch_size=spec.batch_size, seed=seed, device=device, out=run,
+                          ckpt_every=max(spec.steps, 1), grid_every=max(spec.steps, 1), resume=ckpt.exists(),
+                          progress=False)
+        train(module, labelled.samples(), data_b, cfg,
+              data_info={"data": str(labelled.folder), "data_b": str(unlabelled_b.folder) if unlabelled_b else None})
+        write_json_atomic(run / "done.json", {"seconds": time.perf_counter() - t0, "steps": spec.steps})
+    info = json.loads((run / "done.json").read_text())
+    return ckpt, {"key": key, "run": str(run), "train_seconds": info["seconds"]}
+
+
+def synthetic_set(
+    name: str, ckpt: Path, spec: GeneratorSpec, hosts: list[Sample], *, seed: int, root: Path, device: str
+) -> SliceDataset:
+    """Write (or reuse) ``spec.n_synthetic`` labelled synthetic slices from ``ckpt``."""
+    from augment.sample import DatasetWriter, sha256_file
+    from gan.base import GanModule
+
+    ckpt_sha = sha256_file(ckpt)
+    folder = root / f"{name}_{config_hash({'ckpt': ckpt_sha, 'n': spec.n_synthetic, 'seed': seed})}"
+    if not (folder / "dataset.json").exists():
+        module = GanModule.load(ckpt, device=_device(device))
+        chunk = 32
+        with DatasetWriter(folder, kind="synthetic", overwrite=True,
+                           config={"generator": name, "checkpoint_sha256": ckpt_sha, "seed": seed,
+                                   "n": spec.n_synthetic}) as w:
+            made = 0
+            for c in range(0, spec.n_synthetic, chunk):
+                m = min(chunk, spec.n_synthetic - made)
+                for j, s in enumerate(module.sample(m, seed=seed * 100_003 + c, conditions=hosts)):
+                    s.meta["id"] = f"{name}_{made + j:05d}"
+                    s.meta["checkpoint_sha256"] = ckpt_sha
+                    w.add(s)
+                made += m
+    return SliceDataset(folder)
+
+
+def _device(spec: str):
+    from gan.base import resolve_device
+
+    return resolve_device(spec)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def run_compare(
+    config: str | Path | Experiment, *, out: str | Path | None = None, seed: int = 0, device: str = "auto",
+    progress: bool = True,
+) -> Path:
+    """Run every (budget, seed, task, strategy) of an experiment; returns the report path."""
+    from downstream.report import write_report
+    from downstream.tasks import run_task
+
+    exp = config if isinstance(config, Experiment) else load_experiment(config)
+    if seed:
+        exp = replace(exp, seeds=tuple(s + seed for s in exp.seeds))
+    out = Path(out or exp.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes_yaml(out / "config.yaml", {"experiment": exp.as_dict(), "versions": versions()})
+    source, target = prepare_data(exp, out / "data")
+    kind = source.kind or (exp.data.phantom or "")
+    splits = Splits(exp, source, target)
+    classes = {int(k): v for k, v in (source.info.get("classes") or {}).items()} or {1: "lesion"}
+    rows: list[dict[str, Any]] = []
+    gen_quality: list[dict[str, Any]] = []
+    units = [(b, s) for b in exp.budgets for s in exp.seeds]
+    n_runs = len(units) * len(exp.tasks) * len(exp.strategies)
+    bar = tqdm(total=n_runs, desc=f"compare {exp.name}", unit="run", disable=not progress)
+    t_start = time.perf_counter()
+    for budget, s in units:
+        labelled = splits.labelled(budget, s)
+        splits.assert_unseen(f"labelled set (budget {budget}, seed {s})", labelled)
+        used = sorted({g for st in exp.strategies for g in st.generators})
+        synthetic: dict[str, SliceDataset] = {}
+        for g in used:
+            spec = exp.generators[g]
+            unl_b = None
+            if g == "cyclegan":
+                unl_b = splits.target_train
+                if unl_b is None:
+                    raise DataError("the cyclegan strategy needs a target domain (data.target_domain or target_folder)")
+                splits.assert_unseen("CycleGAN domain-B training data", unl_b)
+            bar.set_postfix_str(f"training {g} (budget {budget}, seed {s})")
+            ckpt, ginfo = generator_run(g, spec, labelled, unl_b, seed=s, root=out / "generators",
+                                        device=device, kind=kind)
+            synthetic[g] = synthetic_set(g, ckpt, spec, labelled.samples(), seed=s, root=out / "synthetic",
+                                         device=device)
+            splits.assert_unseen(f"{g} synthetic set", synthetic[g])
+            gen_quality.append(generator_quality(g, ckpt, ginfo, labelled, splits, synthetic[g], exp,
+                                                 budget=budget, seed=s, root=out / "quality", device=device))
+        for task, spec in exp.tasks.items():
+            for strategy in exp.strategies:
+                bar.set_postfix_str(f"{task} {strategy.name} (budget {budget}, seed {s})")
+                key = config_hash({"v": HARNESS_VERSION, "task": task, "spec": asdict(spec),
+                                   "strategy": asdict(strategy), "seed": s, "budget": budget,
+                                   "labelled": _fingerprint(labelled),
+                                   "synthetic": {g: _fingerprint(synthetic[g]) for g in strategy.generators},
+                                   "test": config_hash([x.id for x in splits.test_samples])})
+                cache = out / "cache" / f"{task}_{strategy.name}_{key}.json"
+                if cache.exists():
+                    row = json.loads(cache.read_text())
+                    row["cached"] = True
+                else:
+                    row = run_task(task, spec, strategy, labelled, [synthetic[g] for g in strategy.generators],
+                                   splits.test_samples, seed=s, device=device, classes=classes)
+                    row.update(task=task, strategy=strategy.name, budget=budget, seed=s, key=key,
+                               n_labelled_slices=len(labelled), n_labelled_patients=budget)
+                    write_json_atomic(cache, row)
+                    row["cached"] = False
+                rows.append(row)
+                bar.update(1)
+    bar.close()
+    results = out / "results.jsonl"
+    results.write_text("".join(json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in rows))
+    write_json_atomic(out / "generator_quality.json", gen_quality)
+    return write_report(exp, rows, gen_quality, out, classes=classes, total_seconds=time.perf_counter() - t_start,
+                        splits=splits)
+
+
+def generator_quality(
+    name: str, ckpt: Path, ginfo: dict[str, Any], labelled: SliceDataset, splits: Splits,
+    synthetic: SliceDataset, exp: Experiment, *, budget: int, seed: int, root: Path, device: str,
+) -> dict[str, Any]:
+    """SSIM/PSNR where a ground truth exists, FID/KID when weights are given, memorisation."""
+    from gan.evaluate import evaluate_generator
+
+    key = config_hash({"ckpt": ginfo["key"], "syn": _fingerprint(synthetic), "q": exp.quality,
+                       "val": _fingerprint(splits.val)})
+    cache = root / f"{name}_{key}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    from gan.base import GanModule
+
+    module = GanModule.load(ckpt, device=_device(device))
+    true_b = splits.target_val.samples() if splits.target_val is not None else None
+    result = evaluate_generator(
+        module, synthetic=synthetic.samples(), training=labelled.samples(), heldout=splits.val.samples(),
+        heldout_b=true_b, fid_weights=exp.quality.get("fid_weights"), seed=seed,
+        out=root / f"{name}_{key}",
+    )
+    row = {"generator": name, "budget": budget, "seed": seed, "train_seconds": ginfo["train_seconds"],
+           "run": ginfo["run"], "synthetic_folder": str(synthetic.folder), **result}
+    write_json_atomic(cache, row)
+    return row
+
+
+def write_bytes_yaml(path: Path, obj: Any) -> None:
+    from augment.sample import write_bytes_atomic
+
+    write_bytes_atomic(path, yaml.safe_dump(to_jsonable(obj), sort_keys=True).encode())
+
+
+def np_mean(values: Sequence[float]) -> float:
+    vals = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
