@@ -88,7 +88,7 @@ def cmd_augment_preview(a: argparse.Namespace) -> None:
     from augment.window import DISPLAY_WINDOW
 
     ds = SliceDataset(a.data)
-    augmenter = build_augmenter(_pipeline_spec(a.pipeline))
+    augmenter = build_augmenter(a.pipeline)
     rng = np.random.default_rng(a.seed)
     # Prefer slices with lesions: they show that masks and boxes move with the image.
     order = rng.permutation(len(ds))
@@ -97,22 +97,6 @@ def cmd_augment_preview(a: argparse.Namespace) -> None:
     window = a.window or DISPLAY_WINDOW.get(ds.kind, "brain")
     path = preview_augmentations(samples, augmenter, rng, a.out, n_aug=a.n_aug, window=window)
     print(f"wrote augmentation preview: {path}")
-
-
-def _pipeline_spec(text: str):
-    p = Path(text)
-    if p.suffix in (".yaml", ".yml"):
-        import yaml
-
-        from augment.errors import ConfigError
-
-        if not p.exists():
-            raise ConfigError(f"{p}: pipeline file not found")
-        try:
-            return yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
-    return text
 
 
 def cmd_gan_train(a: argparse.Namespace) -> None:
