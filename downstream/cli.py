@@ -33,15 +33,6 @@ def cmd_data_phantom(a: argparse.Namespace) -> None:
     print(f"wrote {a.n} {a.kind} phantom slices (domain {a.domain}) to {out}")
 
 
-def _lesion_labels(text: str | None):
-    if not text:
-        return None
-    if ":" in text:  # "2:1,3:2" maps source label -> class
-        pairs = (item.split(":") for item in text.split(","))
-        return {int(k): int(v) for k, v in pairs}
-    return [int(v) for v in text.split(",")]
-
-
 def cmd_data_import(a: argparse.Namespace) -> None:
     from augment.io import import_dataset
 
@@ -52,7 +43,7 @@ def cmd_data_import(a: argparse.Namespace) -> None:
         a.src,
         a.out,
         fmt=a.format,
-        lesion_labels=_lesion_labels(a.lesion_labels),
+        lesion_labels=a.lesion_labels,
         slices=a.slices,
         size=a.size,
         window=window,
