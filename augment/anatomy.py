@@ -1,0 +1,124 @@
+"""Where a lesion may lie, found from HU alone (so it works on real scans as on phantoms).
+
+`allowed_region` is what the generators use to place synthetic lesions:
+
+- ``head-ich``: the brain inside the skull. Bone (> 300 HU) is closed into a ring,
+  its filled inside taken, soft tissue of 0-100 HU kept (on a lightly smoothed image,
+  so noise does not punch holes) and the result eroded a little, away from the inner
+  table where the skull's partial volume raises HU.
+- ``liver``: the largest connected region of liver-like HU (70-160 HU, contrast
+  enhanced), smoothed, opened to cut thin bridges to the vena cava or kidneys, holes
+  (vessels, tumours) filled and the outline closed.
+
+Sizes of the morphological steps scale with the image (given in pixels at 128 px, or
+in millimetres when ``spacing`` is known).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+from skimage.morphology import convex_hull_image, disk
+
+from augment.errors import ConfigError, DataError
+
+BONE_HU = 300.0
+BRAIN_HU = (0.0, 100.0)
+LIVER_HU = (70.0, 160.0)
+AIR_BODY_HU = -500.0
+ANATOMY_KINDS = ("head-ich", "liver")
+
+
+def _radius(image: np.ndarray, mm: float, px_at_128: float, spacing: Sequence[float] | None) -> int:
+    """A structuring-element radius: ``mm`` when spacing is known, else scaled pixels."""
+    if spacing is not None:
+        return max(1, int(round(mm / float(min(spacing)))))
+    return max(1, int(round(px_at_128 * max(image.shape) / 128)))
+
+
+def _check(image_hu: np.ndarray) -> np.ndarray:
+    image = np.asarray(image_hu, dtype=np.float32)
+    if image.ndim != 2:
+        raise DataError(f"anatomy: need a 2D HU slice, got shape {image.shape}")
+    if not np.isfinite(image).all():
+        raise DataError("anatomy: HU slice contains NaN or infinite values")
+    return image
+
+
+def _largest(region: np.ndarray) -> np.ndarray:
+    labels, n = ndimage.label(region)
+    if n == 0:
+        return region
+    sizes = ndimage.sum_labels(region, labels, index=np.arange(1, n + 1))
+    return labels == 1 + int(np.argmax(sizes))
+
+
+def body_mask(image_hu: np.ndarray) -> np.ndarray:
+    """The patient's body: everything denser than air, holes filled, table and noise dropped.
+
+    Args:
+        image_hu: (H, W) slice in HU.
+
+    Returns:
+        bool (H, W), the largest connected non-air region with its holes (bowel gas,
+        airways) filled.
+    """
+    image = _check(image_hu)
+    dense = ndimage.median_filter(image, size=3) > AIR_BODY_HU
+    dense = ndimage.binary_opening(dense, structure=disk(1))
+    return ndimage.binary_fill_holes(_largest(dense))
+
+
+def allowed_region(
+    image_hu: np.ndarray, kind: str, *, spacing: Sequence[float] | None = None
+) -> np.ndarray:
+    """Pixels where a lesion of ``kind`` may be placed, from HU alone.
+
+    Args:
+        image_hu: (H, W) slice in HU.
+        kind: ``"head-ich"`` (brain parenchyma inside the skull) or ``"liver"``.
+        spacing: pixel spacing ``(row_mm, col_mm)`` if known; sizes the morphology.
+
+    Returns:
+        bool (H, W). Empty when the slice shows no brain / no liver.
+    """
+    if kind not in ANATOMY_KINDS:
+        raise ConfigError(f"anatomy: unknown kind {kind!r}; known: {', '.join(ANATOMY_KINDS)}")
+    image = _check(image_hu)
+    if kind == "head-ich":
+        return _brain(image, spacing)
+    return _liver(image, spacing)
+
+
+def _brain(image: np.ndarray, spacing: Sequence[float] | None) -> np.ndarray:
+    smooth = ndimage.gaussian_filter(image, 1.0)
+    bone = ndimage.median_filter(image, size=3) > BONE_HU
+    if not bone.any():
+        return np.zeros(image.shape, bool)
+    closed = ndimage.binary_closing(bone, structure=disk(_radius(image, 3.0, 2, spacing)))
+    inside = ndimage.binary_fill_holes(closed) & ~closed
+    if inside.sum() < 0.01 * image.size:  # open skull (craniectomy, skull base): use its hull
+        inside = convex_hull_image(bone) & ~closed
+    brain = inside & (smooth >= BRAIN_HU[0]) & (smooth <= BRAIN_HU[1])
+    brain = ndimage.binary_erosion(brain, structure=disk(_radius(image, 1.6, 1, spacing)))
+    if not brain.any():
+        return brain
+    brain = ndimage.binary_fill_holes(brain)  # CSF dipping below 0 HU in noise
+    labels, n = ndimage.label(brain)
+    sizes = ndimage.sum_labels(brain, labels, index=np.arange(1, n + 1))
+    keep = 1 + np.flatnonzero(sizes >= 0.1 * sizes.max())  # drop crumbs near the skull
+    return np.isin(labels, keep)
+
+
+def _liver(image: np.ndarray, spacing: Sequence[float] | None) -> np.ndarray:
+    smooth = ndimage.gaussian_filter(image, 1.0)
+    body = body_mask(image)
+    cand = body & (smooth >= LIVER_HU[0]) & (smooth <= LIVER_HU[1])
+    cand = ndimage.binary_opening(cand, structure=disk(_radius(image, 6.0, 2, spacing)))
+    if not cand.any():
+        return cand
+    liver = ndimage.binary_fill_holes(_largest(cand))
+    liver = ndimage.binary_closing(liver, structure=disk(_radius(image, 9.0, 3, spacing)))
+    return ndimage.binary_fill_holes(liver) & body
