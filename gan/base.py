@@ -153,6 +153,15 @@ class GanModule(nn.Module):
             s.meta.setdefault("seed", seed)
         return out
 
+    def preview_rows(self, hosts: Sequence[Sample], *, seed: int) -> list[tuple[str, list[Sample]]]:
+        """Labelled rows of synthetic samples for the trainer's progress grid.
+
+        The default is one row of `sample` output; a model whose samples can fail
+        early in training (DCGAN pasting empty masks) overrides this to show what it
+        generates so far.
+        """
+        return [(self.name, self.sample(len(hosts), seed=seed, conditions=list(hosts)))]
+
     def fit(self, data, cfg, log=None) -> None:
         """Train with `gan.trainer.train`; ``cfg`` is a `gan.trainer.TrainConfig`."""
         from gan.trainer import train

@@ -1,0 +1,155 @@
+"""Write a labelled synthetic dataset from a generator checkpoint, atomically.
+
+Samples are made in chunks; chunk ``c`` is sampled with seed `chunk_seed` ``(seed, c)``,
+so the output is a function of (checkpoint, hosts, n, seed, chunk) alone, and the
+first full chunks of a larger run equal those of a smaller one. The folder is staged
+and renamed by `augment.sample.DatasetWriter`: an interrupted run leaves nothing that
+looks like a dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from augment.errors import CheckpointError, ConfigError, DataError
+from augment.sample import DatasetWriter, read_dataset, to_jsonable
+from gan.base import GanModule, file_sha256, read_checkpoint, resolve_device
+from gan.train_data import load_samples
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("voc", "coco")
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The sampling seed of chunk ``chunk`` (0-based) of a run seeded ``seed``; 31 bits."""
+    return int(np.random.SeedSequence([seed, chunk]).generate_state(1, np.uint32)[0] >> 1)
+
+
+def hosts_folder(checkpoint: Path, data_info: dict[str, Any]) -> Path:
+    """The training data folder a checkpoint records (domain A for CycleGAN)."""
+    folder = data_info.get("folder")
+    if not folder:
+        raise CheckpointError(
+            f"{checkpoint}: records no training data folder; pass the host slices with --hosts"
+        )
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder}: training data folder recorded in {checkpoint} no longer exists; "
+            "pass the host slices with --hosts"
+        )
+    return folder
+
+
+def synthesize_dataset(
+    checkpoint: str | os.PathLike,
+    n: int,
+    out: str | os.PathLike,
+    *,
+    hosts: str | os.PathLike | None = None,
+    seed: int = 0,
+    export: str | None = None,
+    chunk: int = 32,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Generate ``n`` labelled synthetic slices into the dataset folder ``out``.
+
+    Args:
+        checkpoint: a generator checkpoint (``last.pt``), loaded with ``weights_only``.
+        n: number of synthetic slices.
+        out: the dataset folder to write (refused if it exists, unless ``overwrite``).
+        hosts: dataset folder of real slices that receive (DCGAN, pix2pix) or are
+            translated into (CycleGAN) synthetic lesions; default: the training data
+            folder recorded in the checkpoint.
+        seed: seeds every draw; same seed and inputs give byte-identical folders.
+        export: also write boxes as ``"voc"`` XML files or a ``"coco"`` JSON.
+        chunk: slices generated per call (the unit of seeding, so keep it fixed to
+            reproduce a dataset; it is recorded in ``dataset.json``).
+        device: ``auto``, ``cpu``, ``cuda``...
+        overwrite: replace an existing ``out``.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``out``.
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    if n < 1:
+        raise ConfigError(f"synthesize: n must be >= 1, got {n}")
+    if chunk < 1:
+        raise ConfigError(f"synthesize: chunk must be >= 1, got {chunk}")
+    if export is not None and export not in EXPORT_FORMATS:
+        raise ConfigError(f"synthesize: unknown export format {export!r}; use voc or coco")
+    if out.exists() and not overwrite:
+        raise DataError(f"{out}: already exists (use --overwrite to replace it)")
+    train_step = int(read_checkpoint(checkpoint)["step"])
+    module = GanModule.load(checkpoint, device=resolve_device(device))
+    ckpt_sha = file_sha256(checkpoint)
+    model_config = to_jsonable(dataclasses.asdict(module.cfg))
+    host_dir = Path(hosts) if hosts is not None else hosts_folder(checkpoint, module.data_info)
+    host_info, _ = read_dataset(host_dir)
+    host_samples = load_samples(host_dir)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, desc=f"synthesize {module.name}", unit="slice", disable=not progress)
+    extra = {
+        "generator": module.name,
+        "checkpoint": {"path": str(checkpoint.resolve()), "sha256": ckpt_sha, "step": train_step},
+        "model_config": model_config,
+        "hosts": str(host_dir.resolve()),
+        "n": n,
+        "seed": seed,
+        "chunk": chunk,
+    }
+    try:
+        with DatasetWriter(
+            out,
+            kind="synthetic",
+            config={"n": n, "seed": seed, "chunk": chunk, "export": export},
+            classes={int(k): v for k, v in (host_info.get("classes") or {}).items()},
+            spacing=host_info.get("spacing"),
+            overwrite=overwrite,
+            extra=extra,
+        ) as writer:
+            for c, start in enumerate(range(0, n, chunk)):
+                k = min(chunk, n - start)
+                cseed = chunk_seed(seed, c)
+                samples = module.sample(k, seed=cseed, conditions=host_samples)
+                if len(samples) != k:
+                    raise DataError(
+                        f"{checkpoint}: {module.name} returned {len(samples)} samples, not {k}"
+                    )
+                for i, s in enumerate(samples):
+                    s.meta["model_id"] = s.meta.get("id")
+                    s.meta["id"] = f"syn_{start + i:06d}"
+                    s.meta.update(
+                        synthetic=True,
+                        generator=module.name,
+                        checkpoint_sha256=ckpt_sha,
+                        seed=seed,
+                        chunk_seed=cseed,
+                        host_id=s.meta.get("host_id"),
+                        config=model_config,
+                    )
+                    writer.add(s)
+                bar.update(k)
+    finally:
+        bar.close()
+    if export is not None:
+        from augment.io import export_boxes
+
+        export_boxes(out, export)
+    log.info("wrote %d %s slices to %s", n, module.name, out)
+    return out
+
+
+__all__ = ["chunk_seed", "hosts_folder", "synthesize_dataset"]

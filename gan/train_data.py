@@ -1,0 +1,103 @@
+"""Training data for the generators: read from folders, fingerprint, implied options.
+
+The fingerprint (sha256 over every slice's HU and mask bytes, in order) goes into each
+checkpoint, so a resume on different data is refused and `gan.synthesize` can find
+the training folder again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from augment.errors import ConfigError
+from augment.sample import Sample, load_sample, read_dataset
+from augment.window import DISPLAY_WINDOW, MODEL_WINDOW, WINDOWS
+
+
+def data_fingerprint(data: Sequence[Sample], data_b: Sequence[Sample] | None = None) -> str:
+    """sha256 over every slice's shape, HU bytes and mask bytes, in order (then domain B)."""
+    h = hashlib.sha256()
+    for part, samples in (("A", data), ("B", data_b or [])):
+        h.update(part.encode())
+        for s in samples:
+            h.update(repr(s.image.shape).encode())
+            h.update(np.ascontiguousarray(s.image, dtype=np.float32).tobytes())
+            h.update(np.ascontiguousarray(s.mask, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def describe_data(data: Sequence[Sample], data_b: Sequence[Sample] | None) -> dict[str, Any]:
+    """Fingerprint, size and patients of the training data (stored in checkpoints)."""
+    info: dict[str, Any] = {
+        "fingerprint": data_fingerprint(data, data_b),
+        "n_samples": len(data),
+        "patient_ids": sorted({s.patient_id for s in data}),
+    }
+    if data_b is not None:
+        info["n_samples_b"] = len(data_b)
+        info["patient_ids_b"] = sorted({s.patient_id for s in data_b})
+    return info
+
+
+def load_samples(folder: str | os.PathLike) -> list[Sample]:
+    """Every slice of a dataset folder, in manifest order."""
+    folder = Path(folder)
+    _, records = read_dataset(folder)
+    samples = [load_sample(folder, r) for r in records]
+    for s in samples:
+        s.meta["source_folder"] = str(folder.resolve())
+    return samples
+
+
+def load_model_config(path: str | os.PathLike, model: str) -> dict[str, Any]:
+    """A model's options from YAML: the ``<model>:`` or ``model:`` section, else the whole file."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML ({first})") from None
+    doc = doc or {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of options, got {type(doc).__name__}")
+    for key in (model, "model"):
+        if isinstance(doc.get(key), dict):
+            return dict(doc[key])
+    return dict(doc)
+
+
+def anatomy_kind(info: dict[str, Any]) -> str | None:
+    """``head-ich``/``liver`` from a dataset.json (the phantom writes it in its config)."""
+    for kind in (info.get("kind"), (info.get("config") or {}).get("kind"), info.get("anatomy")):
+        if kind in DISPLAY_WINDOW:
+            return kind
+    return None
+
+
+def data_defaults(
+    fields: set[str], info: dict[str, Any], samples: Sequence[Sample]
+) -> dict[str, Any]:
+    """Model options a dataset implies, used where the user gave none."""
+    values: dict[str, Any] = {}
+    kind = anatomy_kind(info)
+    if kind is not None and "anatomy" in fields:
+        values["anatomy"] = kind
+    if kind is not None and "window" in fields:
+        w = WINDOWS[MODEL_WINDOW[kind]]
+        values["window"] = (w.center, w.width)
+    shapes = {s.image.shape for s in samples}
+    if "size" in fields and len(shapes) == 1 and len({*next(iter(shapes))}) == 1:
+        values["size"] = next(iter(shapes))[0]  # square slices of one size
+    if "n_classes" in fields:
+        classes = [int(k) for k in (info.get("classes") or {})]
+        values["n_classes"] = max(classes + [int(s.mask.max()) for s in samples] + [1])
+    return values

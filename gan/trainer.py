@@ -1,0 +1,488 @@
+"""One training loop for every generator: seeding, devices, logging, grids, checkpoints.
+
+A model writes ``prepare``/``make_batch``/``training_step`` (see `gan.base`); `train`
+does the rest, nanoGPT-style, in one readable loop.
+
+Reproducibility: step ``s`` (0-based) draws its batch from
+``np.random.default_rng([seed, s])`` and reseeds torch with `torch_seed` ``(seed, s)``
+before ``training_step``. Nothing else random carries over between steps except what
+the model keeps in its ``state_dict`` (an image pool), so a resumed run on CPU gives
+bit-identical weights to an uninterrupted one.
+
+Conventions: "step N" in the log, in checkpoints and in error messages counts
+completed updates (the first update is step 1; a checkpoint at step N resumes with
+the (N+1)-th update).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor
+
+from augment.errors import CheckpointError, ConfigError, LesionforgeError
+from augment.sample import Sample, read_dataset, to_jsonable, versions, write_bytes_atomic
+from augment.window import DISPLAY_WINDOW, WINDOWS, Window
+from gan.base import (
+    GanModule,
+    config_from_dict,
+    file_sha256,
+    get_generator,
+    read_checkpoint,
+    resolve_device,
+)
+from gan.logging_sinks import JsonlSink, LossMonitor, NonFiniteLossError, Sinks, WandbSink
+from gan.train_data import (
+    anatomy_kind,
+    data_defaults,
+    describe_data,
+    load_model_config,
+    load_samples,
+)
+
+log = logging.getLogger(__name__)
+
+# Tags the torch seed stream so it never coincides with the numpy batch stream.
+_TORCH_STREAM = 0x746F7263  # "torc"
+# A step index no run reaches, so the initial weights have their own seed stream.
+_INIT_STEP = 2**62
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (the model's own options live in its ``Config``).
+
+    Attributes:
+        steps: total number of optimisation steps (a resumed run continues up to it).
+        batch_size: samples per step.
+        out: the run folder (``last.pt``, ``log.jsonl``, ``config.yaml``, ``grids/``).
+        seed: seeds every batch draw and every torch draw, per step.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
+        ckpt_every: write ``last.pt`` every this many steps (0: only at the end).
+        grid_every: write a real-vs-synthetic PNG grid every this many steps (0: only
+            at the end).
+        grid_n: slices per grid row (0: no grids).
+        log_every: losses are averaged over this many steps, then logged. Losses stay on
+            the device in between: the host waits for the device only here.
+        resume: continue the run in ``out`` from ``last.pt``.
+        overwrite: start over in a folder that already holds a checkpoint.
+        keep_checkpoints: also keep ``ckpt_NNNNNN.pt`` per ``ckpt_every`` (hard links
+            to the bytes of ``last.pt`` where the filesystem allows: no extra time).
+        wandb: also log to Weights & Biases (imported only then; offline unless
+            ``WANDB_MODE`` says otherwise).
+        wandb_project: the wandb project name.
+        amp: bfloat16 autocast in ``training_step``. Off by default: GAN losses are
+            sensitive to precision, and CPUs without native bf16 (AVX512-BF16/AMX) run
+            it slower than float32. Worth trying on recent GPUs.
+        channels_last: NHWC memory format for weights and batches. Off by default: on
+            our measurements (bench/gan_step.py) it made CPU steps slower; try it on GPUs.
+        progress: a tqdm bar with rate, ETA and the latest losses.
+    """
+
+    steps: int
+    batch_size: int
+    out: Path
+    seed: int = 0
+    device: str = "auto"
+    ckpt_every: int = 500
+    grid_every: int = 250
+    grid_n: int = 4
+    log_every: int = 10
+    resume: bool = False
+    overwrite: bool = False
+    keep_checkpoints: bool = True
+    wandb: bool = False
+    wandb_project: str = "lesionforge"
+    amp: bool = False
+    channels_last: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        for name in ("steps", "ckpt_every", "grid_every", "grid_n", "seed"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"train: {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"train: {name} must be >= 1, got {getattr(self, name)}")
+
+
+def torch_seed(seed: int, step: int) -> int:
+    """The torch seed of step ``step`` (0-based): a hash of ``(seed, step)``, 63 bits."""
+    state = np.random.SeedSequence([seed, step, _TORCH_STREAM]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def init_seed(seed: int) -> int:
+    """The torch seed the networks' initial weights are drawn with (`run_training`)."""
+    return torch_seed(seed, _INIT_STEP)
+
+
+def step_rng(seed: int, step: int) -> np.random.Generator:
+    """The numpy generator ``make_batch`` draws step ``step``'s batch from."""
+    return np.random.default_rng([seed, step])
+
+
+@contextlib.contextmanager
+def _deferred_sigint() -> Iterator[dict[str, bool]]:
+    """Turn the first Ctrl-C into a flag the loop checks between steps.
+
+    So an interrupted run stops at a step boundary and its checkpoint resumes exactly;
+    a second Ctrl-C interrupts at once (weights may then hold a half-done step).
+    """
+    flag = {"interrupted": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        flag["interrupted"] = True
+        log.warning("interrupt: stopping after this step (press Ctrl-C again to stop now)")
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, Tensor):
+            v = v.to(device, non_blocking=True)
+            if channels_last and v.dim() == 4:
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+def _display_window(module: GanModule, data_info: dict[str, Any]) -> Window:
+    kind = getattr(module.cfg, "anatomy", None) or data_info.get("kind")
+    if kind in DISPLAY_WINDOW:
+        return WINDOWS[DISPLAY_WINDOW[kind]]
+    c, w = getattr(module.cfg, "window", (40.0, 80.0))
+    return Window(float(c), float(w))
+
+
+def _grid_hosts(data: Sequence[Sample], n: int) -> list[Sample]:
+    """``n`` hosts spread evenly over the data (fixed for a run, so grids show progress)."""
+    n = min(n, len(data))
+    return [data[int(i)] for i in np.linspace(0, len(data) - 1, n).round()]
+
+
+def save_progress_grid(
+    module: GanModule, hosts: Sequence[Sample], path: Path, *, seed: int, window: Window
+) -> Path:
+    """Row 1: real host slices; then the model's `preview_rows` (mask contours)."""
+    from augment.viz import save_grid
+
+    rows = module.preview_rows(hosts, seed=seed)
+    by_id = {h.id: h for h in hosts}
+    first = rows[0][1]
+    real = [by_id.get(s.meta.get("host_id"), hosts[i % len(hosts)]) for i, s in enumerate(first)]
+    save_grid(
+        [real, *(row for _, row in rows)],
+        path,
+        window=window,
+        titles=[s.id for s in real],
+        row_labels=["real", *(label for label, _ in rows)],
+        contour=True,
+    )
+    return path
+
+
+def _check_resume(
+    ckpt: dict[str, Any], module: GanModule, info: dict[str, Any], cfg: TrainConfig, path: Path
+) -> None:
+    if ckpt.get("model") != module.name:
+        raise CheckpointError(
+            f"{path}: is a {ckpt.get('model')} run, cannot resume it as {module.name}"
+        )
+    config = to_jsonable(asdict(module.cfg))
+    if ckpt.get("config") != config:
+        old = ckpt.get("config") or {}
+        changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        raise CheckpointError(
+            f"{path}: model config differs from the checkpoint's ({', '.join(changed)}); "
+            "resume with the same options"
+        )
+    if ckpt.get("data", {}).get("fingerprint") != info["fingerprint"]:
+        raise CheckpointError(
+            f"{path}: the training data differs from the data this run was trained on "
+            "(fingerprint mismatch); resume with the same data"
+        )
+    train_cfg = ckpt.get("train", {})
+    for key in ("seed", "batch_size"):
+        if key in train_cfg and train_cfg[key] != getattr(cfg, key):
+            raise CheckpointError(
+                f"{path}: was trained with {key}={train_cfg[key]}, not {getattr(cfg, key)}; "
+                "an exact resume needs the same value"
+            )
+
+
+def _save_checkpoint(
+    module: GanModule, cfg: TrainConfig, step: int, *, numbered: bool
+) -> tuple[Path, str]:
+    path = cfg.out / "last.pt"
+    extra = {
+        "train": to_jsonable(asdict(cfg)),
+        "rng": {
+            "scheme": "batch: numpy default_rng([seed, step]); torch: manual_seed(torch_seed(seed, step))",
+            "seed": cfg.seed,
+            "next_step": step,
+            "torch_cpu": torch.get_rng_state(),
+        },
+    }
+    sha = module.save(path, step, extra=extra)
+    if numbered and cfg.keep_checkpoints:
+        copy = cfg.out / f"ckpt_{step:06d}.pt"
+        copy.unlink(missing_ok=True)
+        try:
+            # last.pt is later replaced by rename, so the link keeps these bytes.
+            copy.hardlink_to(path)
+        except OSError:
+            write_bytes_atomic(copy, path.read_bytes())
+    log.info("step %d: checkpoint %s (sha256 %s)", step, path, sha[:12])
+    return path, sha
+
+
+def train(
+    module: GanModule,
+    data: Sequence[Sample],
+    data_b: Sequence[Sample] | None,
+    cfg: TrainConfig,
+    *,
+    data_info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``module`` on ``data`` (and ``data_b``, CycleGAN's domain B) for ``cfg.steps``.
+
+    Args:
+        module: a freshly built `GanModule` (its weights are loaded here on resume).
+        data: training slices (HU); also the hosts of the progress grids.
+        data_b: second-domain slices for unpaired models, else None.
+        cfg: the `TrainConfig`.
+        data_info: where the data came from (``folder``, ``folder_b``, ``kind``...),
+            merged with the data fingerprint into ``module.data_info``.
+
+    Returns:
+        ``step``, mean ``losses`` of the last logging window, ``checkpoint`` and
+        ``checkpoint_sha256``, ``log``, ``config``, ``grids`` (paths as strings).
+
+    Raises:
+        CheckpointError: resuming without a checkpoint, or with other data or config.
+        ConfigError: ``out`` already holds a run and neither resume nor overwrite is set.
+        NonFiniteLossError: a loss became NaN/inf (named with its step).
+    """
+    out = cfg.out
+    ckpt_path = out / "last.pt"
+    device = resolve_device(cfg.device)
+    info = {**(data_info or {}), **describe_data(data, data_b)}
+    resume_from: dict[str, Any] | None = None
+    if cfg.resume:
+        resume_from = read_checkpoint(ckpt_path)
+        _check_resume(resume_from, module, info, cfg, ckpt_path)
+    elif ckpt_path.exists() and not cfg.overwrite:
+        raise ConfigError(
+            f"{out}: already holds a training run; use --resume to continue it or --overwrite to start over"
+        )
+
+    module.data_info = info
+    module.prepare(data, data_b)
+    module.to(device)
+    if cfg.channels_last:
+        module.to(memory_format=torch.channels_last)
+    start = 0
+    if resume_from is not None:
+        module.load_state_dict(resume_from["state_dict"])
+        for name, opt in module.optimizers.items():
+            if name not in resume_from.get("optimizers", {}):
+                raise CheckpointError(f"{ckpt_path}: has no state for optimizer {name!r}")
+            opt.load_state_dict(resume_from["optimizers"][name])
+        start = int(resume_from["step"])
+        log.info("resuming %s at step %d of %d", out, start, cfg.steps)
+    module.train()
+
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {
+        "model": module.name,
+        "model_config": asdict(module.cfg),
+        "train": asdict(cfg),
+        "data": info,
+        "device": str(device),
+        "versions": versions(),
+    }
+    config_path = out / "config.yaml"
+    write_bytes_atomic(config_path, yaml.safe_dump(to_jsonable(resolved), sort_keys=False).encode())
+
+    sink_list: list[JsonlSink | WandbSink] = [
+        JsonlSink(out / "log.jsonl", resume_from=start if resume_from is not None else None)
+    ]
+    if cfg.wandb:
+        sink_list.append(
+            WandbSink(project=cfg.wandb_project, config=resolved, out=out, name=out.name)
+        )
+    sinks = Sinks(sink_list)
+
+    hosts = _grid_hosts(data, cfg.grid_n)
+    window = _display_window(module, info)
+    grids: list[str] = []
+
+    def grid(step: int) -> None:
+        path = out / "grids" / f"step_{step:06d}.png"
+        try:
+            save_progress_grid(module, hosts, path, seed=cfg.seed, window=window)
+        except LesionforgeError as e:  # a preview must not end a long run
+            log.warning("step %d: no progress grid (%s)", step, e)
+            return
+        grids.append(str(path))
+        sinks.image("grid", path, step)
+
+    monitor = LossMonitor(device)
+    losses: dict[str, float] = {}
+    done = start
+    sha = ""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
+    bench_flag = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick kernels once
+    bar = _progress_bar(cfg, module.name, start)
+    t0, done_at_t0 = time.perf_counter(), start
+    try:
+        with _deferred_sigint() as sigint:
+            for step in range(start, cfg.steps):
+                if sigint["interrupted"]:
+                    raise KeyboardInterrupt
+                torch.manual_seed(torch_seed(cfg.seed, step))
+                batch = module.make_batch(step_rng(cfg.seed, step), cfg.batch_size)
+                batch = _to_device(batch, device, cfg.channels_last)
+                with autocast:
+                    step_losses = module.training_step(batch)
+                done = step + 1
+                monitor.update(done, step_losses)
+                last = done == cfg.steps
+                if done % cfg.log_every == 0 or last:
+                    losses = monitor.flush()
+                    rate = (done - done_at_t0) / max(time.perf_counter() - t0, 1e-9)
+                    sinks.log({"step": done, **losses, "steps_per_s": rate})
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
+                if cfg.grid_n and ((cfg.grid_every and done % cfg.grid_every == 0) or last):
+                    grid(done)
+                if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or last:
+                    monitor.check()  # never save weights that already went NaN
+                    _, sha = _save_checkpoint(module, cfg, done, numbered=not last)
+                bar.update(1)
+    except KeyboardInterrupt:
+        _save_checkpoint(module, cfg, done, numbered=False)
+        log.warning(
+            "interrupted: checkpoint at step %d in %s (continue with --resume)", done, ckpt_path
+        )
+        raise
+    finally:
+        bar.close()
+        sinks.close()
+        torch.backends.cudnn.benchmark = bench_flag
+    if start >= cfg.steps:
+        log.info("%s: already trained for %d steps; nothing to do", out, start)
+        sha = file_sha256(ckpt_path)
+    return {
+        "step": done,
+        "losses": losses,
+        "checkpoint": str(ckpt_path),
+        "checkpoint_sha256": sha,
+        "log": str(out / "log.jsonl"),
+        "config": str(config_path),
+        "grids": grids,
+    }
+
+
+def _progress_bar(cfg: TrainConfig, name: str, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=cfg.steps,
+        initial=start,
+        desc=f"train {name}",
+        unit="step",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    )
+
+
+# ------------------------------------------------------------------ from folders (CLI)
+
+
+def run_training(
+    model: str,
+    data: str | os.PathLike,
+    data_b: str | os.PathLike | None,
+    out: str | os.PathLike,
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int = 0,
+    device: str = "auto",
+    model_config: dict[str, Any] | None = None,
+    config_file: str | os.PathLike | None = None,
+    **train_options: Any,
+) -> dict[str, Any]:
+    """Train generator ``model`` on dataset folders: what ``lesionforge train`` calls.
+
+    Model options come from ``config_file`` (YAML, see `load_model_config`), then
+    ``model_config`` on top; ``anatomy``, ``window`` and ``n_classes`` default to what
+    the dataset says (kind and classes in its ``dataset.json``). ``train_options`` are
+    further `TrainConfig` fields (``resume``, ``ckpt_every``, ``wandb``...).
+    """
+    cls = get_generator(model)
+    data = Path(data)
+    samples = load_samples(data)
+    samples_b = load_samples(data_b) if data_b is not None else None
+    info, _ = read_dataset(data)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    values = data_defaults(fields, info, samples)
+    if config_file is not None:
+        values.update(load_model_config(config_file, model))
+    values.update(model_config or {})
+    model_cfg = config_from_dict(cls.Config, values)
+    torch.manual_seed(init_seed(seed))  # initial weights follow the seed too
+    module = cls(model_cfg)
+    cfg = config_from_dict(
+        TrainConfig,
+        {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device, "out": out}
+        | train_options,
+    )
+    data_info = {
+        "folder": str(data.resolve()),
+        "folder_b": str(Path(data_b).resolve()) if data_b is not None else None,
+        "kind": anatomy_kind(info),
+        "classes": info.get("classes") or {},
+        "spacing": info.get("spacing"),
+    }
+    return train(module, samples, samples_b, cfg, data_info=data_info)
+
+
+__all__ = [
+    "NonFiniteLossError",
+    "TrainConfig",
+    "init_seed",
+    "run_training",
+    "save_progress_grid",
+    "step_rng",
+    "torch_seed",
+    "train",
+]

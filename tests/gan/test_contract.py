@@ -1,0 +1,161 @@
+"""Every registered generator honours the contract, through the real trainer.
+
+For each entry of `gan.base.GENERATORS` (albumentations-style: a registered model
+without a tiny config below fails `test_every_generator_has_a_tiny_config`): train two
+steps from a dataset folder with `run_training`, resume a one-step run to the same two
+steps and get bit-identical weights and optimizer state, sample labelled slices, round
+trip the checkpoint, and write a synthetic dataset with `synthesize_dataset`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import gan.models  # noqa: F401  (registers the built-in models)
+from augment.phantom import write_phantom
+from augment.sample import Sample, boxes_from_mask, load_sample, read_dataset
+from gan.base import GENERATORS, GanModule
+from gan.synthesize import synthesize_dataset
+from gan.train_data import load_samples
+from gan.trainer import run_training
+
+SIZE = 64  # phantom side (px): small enough for 2 CPU cores, big enough for 6 U-Net levels
+
+# Tiny widths so a step takes well under a second; everything else at its default.
+TINY: dict[str, dict] = {
+    "dcgan": {"nz": 8, "ngf": 4, "ndf": 4, "roi_size": 32},
+    "pix2pix": {"size": SIZE, "ngf": 4, "ndf": 4, "n_layers_d": 2},
+    "cyclegan": {"ngf": 4, "ndf": 4, "n_blocks": 1, "n_layers_d": 2, "pool_size": 2},
+}
+BATCH = {"dcgan": 4, "pix2pix": 2, "cyclegan": 1}
+# Models trained on two unpaired domains (data = domain A, data_b = domain B).
+UNPAIRED = {"cyclegan"}
+
+REGISTERED = sorted(GENERATORS)
+
+
+def _dcgan_draws_discs(checkpoint: str) -> None:
+    """Two GAN steps do not make a usable mask channel; regress G (real weights, real
+    checkpoint) to draw a centred disc so pasting, saving and loading can be checked."""
+    module = GanModule.load(checkpoint)
+    s = module.cfg.roi_size
+    yy, xx = np.mgrid[:s, :s]
+    disc = (yy - s / 2 + 0.5) ** 2 + (xx - s / 2 + 0.5) ** 2 <= 4**2
+    goal = torch.from_numpy(np.stack([np.where(disc, 0.5, 0.0), np.where(disc, 1.0, -1.0)])).float()
+    opt = torch.optim.Adam(module.netG.parameters(), lr=1e-2)
+    module.netG.train()  # batch statistics: see tests/gan/test_dcgan.py::_fit_discs
+    classes = torch.ones(8, dtype=torch.long)
+    for _ in range(300):
+        out = module.netG(torch.randn(8, module.cfg.nz), module._condition(classes))
+        loss = torch.nn.functional.mse_loss(out, goal.expand_as(out))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    module.save(checkpoint, step=2)
+
+
+# Models that cannot sample after two training steps, and how the test makes them able to.
+NEEDS_SHAPE = {"dcgan": _dcgan_draws_discs}
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def test_every_generator_has_a_tiny_config():
+    assert REGISTERED, "no generator registered"
+    missing = sorted(set(REGISTERED) - set(TINY))
+    assert not missing, f"registered generators without a tiny config in {__file__}: {missing}"
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> tuple[Path, Path]:
+    """Head-ICH phantom folders, domains A and B (same anatomy, other scanner)."""
+    root = tmp_path_factory.mktemp("phantom")
+    kw = dict(size=SIZE, seed=0, slices_per_patient=2)
+    return (
+        write_phantom(root / "A", "head-ich", 10, domain="A", **kw),
+        write_phantom(root / "B", "head-ich", 10, domain="B", **kw),
+    )
+
+
+def check_samples(samples: list[Sample], hosts: list[Sample], n: int, name: str) -> None:
+    host_ids = {h.id for h in hosts}
+    shapes = {h.image.shape for h in hosts}
+    classes = set().union(*(np.unique(h.mask).tolist() for h in hosts))
+    patients = {h.patient_id for h in hosts}
+    assert len(samples) == n
+    assert len({s.id for s in samples}) == n
+    for s in samples:
+        assert isinstance(s, Sample)
+        assert SAFE_ID.match(s.id), s.id
+        assert s.image.dtype == np.float32 and s.image.shape in shapes
+        assert np.isfinite(s.image).all()
+        assert s.mask.dtype == np.uint8 and s.mask.shape == s.image.shape
+        assert set(np.unique(s.mask).tolist()) <= classes
+        boxes, labels = boxes_from_mask(s.mask)
+        np.testing.assert_array_equal(s.boxes, boxes)
+        np.testing.assert_array_equal(s.labels, labels)
+        assert s.meta["host_id"] in host_ids
+        assert s.patient_id in patients
+        assert s.meta["generator"] == name and s.meta["synthetic"] is True
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_generator_contract(name, phantoms, tmp_path):
+    if name not in TINY:
+        pytest.fail(f"{name}: no tiny config (see test_every_generator_has_a_tiny_config)")
+    data, data_b = phantoms
+    data_b = data_b if name in UNPAIRED else None
+    kw = dict(
+        batch_size=BATCH[name], seed=0, device="cpu", model_config=TINY[name],
+        grid_n=2, log_every=1, progress=False,
+    )  # fmt: skip
+    straight = run_training(name, data, data_b, tmp_path / "a", steps=2, **kw)
+    run_training(name, data, data_b, tmp_path / "b", steps=1, **kw)
+    resumed = run_training(name, data, data_b, tmp_path / "b", steps=2, resume=True, **kw)
+
+    # Exact resume: every weight, buffer, extra state and optimizer moment.
+    a = torch.load(straight["checkpoint"], weights_only=True)
+    b = torch.load(resumed["checkpoint"], weights_only=True)
+    assert a["step"] == b["step"] == 2
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k, v in a["state_dict"].items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, b["state_dict"][k]), k
+        else:
+            assert str(v) == str(b["state_dict"][k]), k
+    for opt, state in a["optimizers"].items():
+        for p, moments in state["state"].items():
+            for key, value in moments.items():
+                assert torch.equal(
+                    torch.as_tensor(value), torch.as_tensor(b["optimizers"][opt]["state"][p][key])
+                )
+    assert all(np.isfinite(v) for v in straight["losses"].values()) and straight["losses"]
+    assert Path(straight["grids"][-1]).name == "step_000002.png"
+
+    # Labelled samples, deterministic, and the same after a save/load round trip.
+    hosts = load_samples(data)
+    if name in NEEDS_SHAPE:
+        NEEDS_SHAPE[name](straight["checkpoint"])
+    module = GanModule.load(straight["checkpoint"])
+    assert module.name == name and module.data_info["fingerprint"] == a["data"]["fingerprint"]
+    first = module.sample(3, seed=7, conditions=hosts)
+    check_samples(first, hosts, 3, name)
+    again = GanModule.load(straight["checkpoint"]).sample(3, seed=7, conditions=hosts)
+    for x, y in zip(first, again, strict=True):
+        np.testing.assert_array_equal(x.image, y.image)
+        np.testing.assert_array_equal(x.mask, y.mask)
+    saved = tmp_path / "resaved.pt"
+    module.save(saved, step=2)
+    third = GanModule.load(saved).sample(3, seed=7, conditions=hosts)
+    for x, y in zip(first, third, strict=True):
+        np.testing.assert_array_equal(x.image, y.image)
+
+    # A synthetic dataset on disk from the checkpoint, hosts = the recorded training folder.
+    out = synthesize_dataset(straight["checkpoint"], 3, tmp_path / "syn", chunk=2, device="cpu")
+    info, records = read_dataset(out)
+    assert info["generator"] == name and info["hosts"] == str(data.resolve())
+    check_samples([load_sample(out, r, verify=True) for r in records], hosts, 3, name)
