@@ -1,31 +1,24 @@
-"""`lesionforge demo`: the quick end-to-end run on the embedded head-ICH phantom."""
+"""`lesionforge demo`: the quick end-to-end comparison on the embedded head-ICH phantom.
+
+Runs ``configs/demo.yaml`` (shipped inside the package as `downstream/demo.yaml` when
+installed from a wheel) through `downstream.harness.run_compare`: phantom data in two
+scanner domains, DCGAN/pix2pix/CycleGAN trained on the labelled patients only, a
+segmenter and a detector per strategy and seed, and the report.
+"""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-import numpy as np
+from augment.errors import ConfigError
 
-log = logging.getLogger(__name__)
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
-def run_demo(out: str | Path = "out/demo", *, seed: int = 0, device: str = "auto") -> Path:
-    """Generate a phantom dataset and an augmentation preview; returns the preview path."""
-    from augment.classical import build_augmenter
-    from augment.datasets import SliceDataset
-    from augment.info import dataset_info, format_info
-    from augment.phantom import write_phantom
-    from augment.viz import preview_augmentations
+def run_demo(out: str | Path = "out/demo", *, seed: int = 0, device: str = "auto", progress: bool = True) -> Path:
+    """Run the demo experiment into ``out``; returns the path of ``report.md``."""
+    from downstream.harness import run_compare
 
-    out = Path(out)
-    data = out / "phantom_head_A"
-    if not (data / "dataset.json").exists():
-        write_phantom(data, "head-ich", 64, size=128, domain="A", seed=seed, progress=True)
-    (out / "data_info.txt").write_text(format_info(dataset_info(data)) + "\n")
-    ds = SliceDataset(data)
-    lesion_slices = [s for s in ds.samples() if s.has_lesion][:4]
-    rng = np.random.default_rng(seed)
-    return preview_augmentations(
-        lesion_slices, build_augmenter("standard"), rng, out / "augment_preview.png", n_aug=3, window="brain"
-    )
+    if not DEMO_CONFIG.exists():
+        raise ConfigError(f"{DEMO_CONFIG}: demo config not found (run from a source checkout)")
+    return run_compare(DEMO_CONFIG, out=out, seed=seed, device=device, progress=progress)

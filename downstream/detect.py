@@ -60,20 +60,27 @@ class DetectorConfig:
 
 
 def kmeans_anchors(
-    boxes: np.ndarray, *, n_sizes: int = 3, n_ratios: int = 3, seed: int = 0, iters: int = 50
+    boxes: np.ndarray, *, n_sizes: int = 3, n_ratios: int = 3, seed: int = 0, iters: int = 50,
+    min_size: float = 4.0, max_ratio: float = 4.0,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Anchor sizes and aspect ratios (h/w, torchvision's convention) from training boxes.
 
     Sizes: k-means on ``log sqrt(w h)``; ratios: k-means on ``log(h / w)``. Working in
     log space makes a 4 px and an 8 px lesion as far apart as 32 px and 64 px ones.
+    Sizes are kept >= ``min_size`` and ratios within ``[1/max_ratio, max_ratio]``, so no
+    anchor side rounds to 0 px (torchvision rounds anchors; a 0-wide anchor makes the box
+    regression target infinite). Smaller lesions still get their best-overlapping anchor
+    as a positive (the RPN's low-quality matches).
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     w = np.maximum(boxes[:, 2] - boxes[:, 0], 1.0)
     h = np.maximum(boxes[:, 3] - boxes[:, 1], 1.0)
     if len(boxes) < max(n_sizes, n_ratios):
         raise ConfigError(f"k-means anchors need at least {max(n_sizes, n_ratios)} training boxes, got {len(boxes)}")
-    sizes = np.exp(_kmeans_1d(np.log(np.sqrt(w * h)), n_sizes, seed, iters))
-    ratios = np.exp(_kmeans_1d(np.log(h / w), n_ratios, seed, iters))
+    log_sizes = np.maximum(np.log(np.sqrt(w * h)), math.log(min_size))
+    log_ratios = np.clip(np.log(h / w), -math.log(max_ratio), math.log(max_ratio))
+    sizes = np.exp(_kmeans_1d(log_sizes, n_sizes, seed, iters))
+    ratios = np.exp(_kmeans_1d(log_ratios, n_ratios, seed, iters))
     return tuple(float(round(s, 2)) for s in sizes), tuple(float(round(r, 3)) for r in ratios)
 
 

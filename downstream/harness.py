@@ -124,10 +124,17 @@ def generator_run(
     *, seed: int, root: Path, device: str, kind: str,
 ) -> tuple[Path, dict[str, Any]]:
     """Train (or reuse) generator ``name`` on the labelled slices; returns (checkpoint, info)."""
-    from gan.base import config_from_dict, get_generator
-    from gan.trainer import TrainConfig, train
+    import dataclasses
 
-    model_cfg = {"anatomy": kind, **spec.config} if name != "cyclegan" else dict(spec.config)
+    from gan.base import config_from_dict, get_generator
+    from gan.train_data import anatomy_kind, data_defaults
+    from gan.trainer import TrainConfig, init_seed, train
+
+    cls = get_generator(name)
+    train_samples = labelled.samples()
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    # What the data implies (anatomy, model window, image size, classes), then the config's options.
+    model_cfg = {**data_defaults(fields, labelled.info, train_samples), **spec.config}
     key = config_hash({"v": HARNESS_VERSION, "model": name, "config": model_cfg, "steps": spec.steps,
                        "bs": spec.batch_size, "seed": seed, "data": _fingerprint(labelled),
                        "data_b": _fingerprint(unlabelled_b) if unlabelled_b is not None else None})
@@ -135,14 +142,19 @@ def generator_run(
     ckpt = run / "last.pt"
     t0 = time.perf_counter()
     if not (run / "done.json").exists():
-        cls = get_generator(name)
+        import torch
+
+        torch.manual_seed(init_seed(seed))  # initial weights follow the seed, as in `gan train`
         module = cls(config_from_dict(cls.Config, model_cfg))
         data_b = unlabelled_b.samples() if unlabelled_b is not None else None
         cfg = TrainConfig(steps=spec.steps, batch_size=spec.batch_size, seed=seed, device=device, out=run,
                           ckpt_every=max(spec.steps, 1), grid_every=max(spec.steps, 1), resume=ckpt.exists(),
-                          progress=False)
-        train(module, labelled.samples(), data_b, cfg,
-              data_info={"data": str(labelled.folder), "data_b": str(unlabelled_b.folder) if unlabelled_b else None})
+                          overwrite=True, progress=False)
+        data_info = {"folder": str(labelled.folder), "folder_b": str(unlabelled_b.folder) if unlabelled_b else None,
+                     "kind": anatomy_kind(labelled.info), "classes": labelled.info.get("classes") or {},
+                     "spacing": labelled.info.get("spacing"),
+                     "patients": sorted(labelled.patient_ids)}
+        train(module, train_samples, data_b, cfg, data_info=data_info)
         write_json_atomic(run / "done.json", {"seconds": time.perf_counter() - t0, "steps": spec.steps})
     info = json.loads((run / "done.json").read_text())
     return ckpt, {"key": key, "run": str(run), "train_seconds": info["seconds"]}
