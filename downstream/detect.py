@@ -56,6 +56,11 @@ class DetectorConfig:
     rpn_batch_size_per_image: int = 256
     box_detections_per_img: int = 20
     box_score_thresh: float = 0.01
+    # Proposals kept before/after the RPN's NMS (train, test). torchvision's 2000/1000 are
+    # sized for 800 px photographs; a 64-256 px CT slice has a few lesions, and every
+    # proposal costs a 12.5k x 1024 box-head matmul, which dominated CPU time.
+    rpn_pre_nms_top_n: tuple[int, int] = (1000, 500)
+    rpn_post_nms_top_n: tuple[int, int] = (300, 100)
     lr: float = 1e-3
 
 
@@ -182,6 +187,10 @@ def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]),
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n[0],
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n[1],
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n[0],
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n[1],
         box_detections_per_img=cfg.box_detections_per_img,
         box_score_thresh=cfg.box_score_thresh,
     )

@@ -1,0 +1,113 @@
+"""The comparison harness end to end on a tiny phantom experiment: splits by patient, no
+test leakage, generators trained on the labelled subset only, a report with every
+section, and a cached rerun that recomputes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from augment.errors import DataError
+from downstream.config import experiment_from_dict
+from downstream.harness import LeakageError, Splits, prepare_data, run_compare
+
+TINY = {
+    "name": "tiny",
+    "data": {"phantom": "head-ich", "n": 48, "size": 64, "domain": "A", "target_domain": "B",
+             "test_on": "both", "slices_per_patient": 8},
+    "split": {"fractions": [0.5, 0.17, 0.33], "seed": 0},
+    "budgets": [2],
+    "seeds": [0],
+    "tasks": {
+        "segment": {"arch": "attention-unet", "base": 4, "depth": 2, "steps": 2, "batch_size": 4},
+        "detect": {"steps": 1, "batch_size": 2, "cost_sensitive": True, "alpha": 2.0, "max_ratio": 3.0},
+    },
+    "generators": {"pix2pix": {"steps": 2, "batch_size": 2, "n_synthetic": 4,
+                               "config": {"ngf": 4, "ndf": 4, "n_layers_d": 2}}},
+    "strategies": [{"name": "none"}, {"name": "pix2pix", "generators": ["pix2pix"], "ratio": 0.5}],
+    "quality": {"n": 4},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    report = run_compare(experiment_from_dict(TINY), out=out, progress=False)
+    return out, report
+
+
+def test_splits_are_by_patient_and_the_test_set_is_guarded(compared):
+    out, _ = compared
+    exp = experiment_from_dict(TINY)
+    source, target = prepare_data(exp, out / "data")
+    splits = Splits(exp, source, target)
+    train, val = set(splits.train.patient_ids), set(splits.val.patient_ids)
+    assert train and val and splits.test_patients
+    assert not (train & val) and not (train & splits.test_patients) and not (val & splits.test_patients)
+    labelled = splits.labelled(2, 0)
+    assert len(set(labelled.patient_ids)) == 2 and set(labelled.patient_ids) <= train
+    # The test set holds both scanners' renderings of the test patients.
+    assert {s.meta.get("domain", s.id) for s in splits.test_samples} and len(splits.test_samples) == 2 * sum(
+        p in splits.test_patients for p in source.patient_ids
+    )
+    with pytest.raises(LeakageError, match="test patients"):
+        splits.assert_unseen("a leaky set", splits.test_samples[:1])
+
+
+def test_generators_saw_only_the_labelled_patients(compared):
+    out, _ = compared
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    (run,) = [p for p in (out / "generators").iterdir() if p.name.startswith("pix2pix")]
+    ckpt_data = json.loads((run / "done.json").read_text())
+    assert ckpt_data["steps"] == 2
+    import torch
+
+    data = torch.load(run / "last.pt", weights_only=True)["data"]
+    exp = experiment_from_dict(TINY)
+    source, target = prepare_data(exp, out / "data")
+    splits = Splits(exp, source, target)
+    assert set(data["patients"]) == set(splits.labelled(2, 0).patient_ids)
+    assert {r["n_labelled_patients"] for r in rows} == {2}
+
+
+def test_report_has_every_section_with_numbers_from_the_runs(compared):
+    out, report = compared
+    text = report.read_text()
+    for heading in ("## Verdict", "## Segmentation: Dice", "## Detection: mAP@0.5", "## Generator quality",
+                    "## Run times"):
+        assert heading in text, heading
+    assert (out / "report.html").exists()
+    assert (out / "plots" / "segment_dice_vs_budget.png").exists()
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2  # tasks x strategies (one budget, one seed)
+    none = next(r for r in rows if r["task"] == "segment" and r["strategy"] == "none")
+    dice = none["metrics"]["dice"]
+    assert f"{dice:.3f}" in text  # the table shows the run's own number
+    assert "FID" in text and "unavailable" in text  # no Inception weights here: said plainly
+
+
+def test_cached_rerun_recomputes_nothing(compared, monkeypatch):
+    out, report = compared
+    import downstream.tasks
+    import gan.trainer
+
+    def fail(*a, **k):
+        raise AssertionError("a cached rerun must not train anything")
+
+    monkeypatch.setattr(gan.trainer, "train", fail)
+    monkeypatch.setattr(downstream.tasks, "run_task", fail)
+    before = (out / "results.jsonl").read_text()
+    run_compare(experiment_from_dict(TINY), out=out, progress=False)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert all(r["cached"] for r in rows)
+    strip = lambda text: [{k: v for k, v in json.loads(x).items() if k != "cached"} for x in text.splitlines()]  # noqa: E731
+    assert strip(before) == strip((out / "results.jsonl").read_text())
+
+
+def test_cyclegan_without_a_target_domain_is_a_clear_error(tmp_path):
+    raw = {**TINY, "data": {**TINY["data"], "target_domain": None, "test_on": "source"},
+           "generators": {"cyclegan": {"steps": 1, "batch_size": 1, "n_synthetic": 2, "config": {"ngf": 4}}},
+           "strategies": [{"name": "none"}, {"name": "cyclegan", "generators": ["cyclegan"]}]}  # fmt: skip
+    with pytest.raises(DataError, match="target domain"):
+        run_compare(experiment_from_dict(raw), out=tmp_path, progress=False)
