@@ -111,3 +111,15 @@ def test_cyclegan_without_a_target_domain_is_a_clear_error(tmp_path):
            "strategies": [{"name": "none"}, {"name": "cyclegan", "generators": ["cyclegan"]}]}  # fmt: skip
     with pytest.raises(DataError, match="target domain"):
         run_compare(experiment_from_dict(raw), out=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("name", ["demo", "smoke", "ich_study", "liver_study", "domain_shift"])
+def test_shipped_configs_parse(name):
+    from pathlib import Path
+
+    from downstream.config import load_experiment
+
+    exp = load_experiment(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
+    assert len(exp.seeds) >= 2 and exp.tasks and any(s.name == "none" for s in exp.strategies)
+    for strategy in exp.strategies:
+        assert set(strategy.generators) <= set(exp.generators), strategy.name
