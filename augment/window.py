@@ -80,7 +80,7 @@ def get_window(spec: str | dict[str, Any] | Window | tuple[float, float]) -> Win
     if isinstance(spec, dict):
         try:
             return Window(float(spec["center"]), float(spec["width"]))
-        except KeyError as e:
+        except KeyError:
             raise ConfigError(f"window needs 'center' and 'width', got {spec}") from None
     c, w = spec
     return Window(float(c), float(w))

@@ -53,7 +53,7 @@ def evaluate_segmentation(
             class_dice[c].append(v)
     hd, hd_excluded, records, areas = [], 0, [], []
     px_area = float(np.prod(spacing)) if spacing else 1.0
-    for p, s in zip(preds, samples):
+    for p, s in zip(preds, samples, strict=False):
         pb, tb = p > 0, s.mask > 0
         if pb.any() and tb.any():
             hd.append(M.hd95(pb, tb, spacing))
@@ -94,7 +94,7 @@ def evaluate_detection(
     has_lesion = np.array([s.has_lesion for s in samples])
     small = small_area_px(_spacing(samples))
     fps = []
-    for (b, s, _), (tb, _) in zip(agnostic, targets):
+    for (b, s, _), (tb, _) in zip(agnostic, targets, strict=False):
         kept = np.asarray(b).reshape(-1, 4)[np.asarray(s) >= theta]
         ious = M.box_iou(kept, tb)
         fps.append(int((ious.max(1) < 0.5).sum()) if ious.shape[1] else len(kept))

@@ -27,8 +27,15 @@ from tqdm.auto import tqdm
 
 from augment.datasets import SliceDataset
 from augment.errors import DataError
-from augment.sample import Sample, split_by_patient, budget_patients, to_jsonable, versions, write_json_atomic
-from downstream.config import Experiment, GeneratorSpec, Strategy, load_experiment
+from augment.sample import (
+    Sample,
+    budget_patients,
+    split_by_patient,
+    to_jsonable,
+    versions,
+    write_json_atomic,
+)
+from downstream.config import Experiment, GeneratorSpec, load_experiment
 
 log = logging.getLogger(__name__)
 

@@ -77,7 +77,7 @@ def write_report(
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     blocks: list[Block] = [Block("h1", f"lesionforge comparison: {exp.name}")]
-    n_seeds, budgets = len(exp.seeds), list(exp.budgets)
+    budgets = list(exp.budgets)
     data_desc = (f"phantom `{exp.data.phantom}` ({exp.data.n} slices, {exp.data.size} px, domain "
                  f"{exp.data.domain}{', target ' + exp.data.target_domain if exp.data.target_domain else ''})"
                  if exp.data.phantom else f"folder `{exp.data.folder}`")
@@ -208,7 +208,7 @@ def _generator_section(gen_quality: list[dict[str, Any]], out: Path) -> list[Blo
         by[q["generator"]].append(q)
     rows = []
     for g, qs in sorted(by.items()):
-        def col(k):
+        def col(k, qs=qs):
             return _pm([_get(q, k) for q in qs])
         fid = qs[0].get("fid_status", "")
         rows.append([g, col("ssim"), col("psnr"), col("fid") if "unavailable" not in fid else "unavailable",

@@ -78,7 +78,13 @@ def run_task(
         preds = predict(model, test_loader(test_samples, spec.window), dev)
         metrics = evaluate_segmentation(preds, test_samples, classes)
     else:
-        from downstream.detect import DetectorConfig, build_detector, kmeans_anchors, predict, train_one_epoch
+        from downstream.detect import (
+            DetectorConfig,
+            build_detector,
+            kmeans_anchors,
+            predict,
+            train_one_epoch,
+        )
         from downstream.evaluation import evaluate_detection
 
         size = int(test_samples[0].image.shape[0])
