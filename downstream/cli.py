@@ -90,6 +90,10 @@ def cmd_augment_preview(a: argparse.Namespace) -> None:
     print(f"wrote augmentation preview: {path}")
 
 
+# The papers' batch sizes where they fit a CPU (DCGAN used 128; pix2pix and CycleGAN 1).
+DEFAULT_BATCH = {"dcgan": 64, "pix2pix": 1, "cyclegan": 1}
+
+
 def cmd_gan_train(a: argparse.Namespace) -> None:
     from gan.trainer import run_training
 
@@ -99,10 +103,11 @@ def cmd_gan_train(a: argparse.Namespace) -> None:
         a.data_b,
         a.out,
         steps=a.steps,
-        batch_size=a.batch_size,
+        batch_size=a.batch_size or DEFAULT_BATCH[a.model],
         seed=a.seed,
         device=a.device,
-        config_path=a.config,
+        config_file=a.config,
+        progress=True,
         resume=a.resume,
         wandb=a.wandb,
         ckpt_every=a.ckpt_every,
@@ -236,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", type=Path, required=True, help="training dataset folder (domain A for CycleGAN)")
     tr.add_argument("--data-b", type=Path, help="domain B dataset folder (CycleGAN)")
     tr.add_argument("--steps", type=int, default=1000)
-    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--batch-size", type=int, help="default: dcgan 64, pix2pix 1, cyclegan 1")
     tr.add_argument("--out", type=Path, required=True, help="run folder")
     tr.add_argument("--config", type=Path, help="YAML with model (and train) options")
     tr.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")

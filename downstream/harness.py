@@ -33,6 +33,7 @@ from augment.sample import (
     split_by_patient,
     to_jsonable,
     versions,
+    write_bytes_atomic,
     write_json_atomic,
 )
 from downstream.config import Experiment, GeneratorSpec, load_experiment
@@ -222,6 +223,7 @@ def run_compare(
     classes = {int(k): v for k, v in (source.info.get("classes") or {}).items()} or {1: "lesion"}
     rows: list[dict[str, Any]] = []
     gen_quality: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
     units = [(b, s) for b in exp.budgets for s in exp.seeds]
     n_runs = len(units) * len(exp.tasks) * len(exp.strategies)
     bar = tqdm(total=n_runs, desc=f"compare {exp.name}", unit="run", disable=not progress)
@@ -242,13 +244,21 @@ def run_compare(
             bar.set_postfix_str(f"training {g} (budget {budget}, seed {s})")
             ckpt, ginfo = generator_run(g, spec, labelled, unl_b, seed=s, root=out / "generators",
                                         device=device, kind=kind)
-            synthetic[g] = synthetic_set(g, ckpt, spec, labelled.samples(), seed=s, root=out / "synthetic",
-                                         device=device)
+            try:
+                synthetic[g] = synthetic_set(g, ckpt, spec, labelled.samples(), seed=s, root=out / "synthetic",
+                                             device=device)
+            except DataError as e:  # e.g. an undertrained DCGAN whose masks are empty: say so, go on
+                log.warning("%s (budget %d, seed %d) made no labelled samples: %s", g, budget, s, e)
+                failures.append({"generator": g, "budget": budget, "seed": s, "error": str(e), "run": ginfo["run"]})
+                continue
             splits.assert_unseen(f"{g} synthetic set", synthetic[g])
             gen_quality.append(generator_quality(g, ckpt, ginfo, labelled, splits, synthetic[g], exp,
                                                  budget=budget, seed=s, root=out / "quality", device=device))
         for task, spec in exp.tasks.items():
             for strategy in exp.strategies:
+                if any(g not in synthetic for g in strategy.generators):
+                    bar.update(1)  # its generator failed (reported), nothing to train
+                    continue
                 bar.set_postfix_str(f"{task} {strategy.name} (budget {budget}, seed {s})")
                 key = config_hash({"v": HARNESS_VERSION, "task": task, "spec": asdict(spec),
                                    "strategy": asdict(strategy), "seed": s, "budget": budget,
@@ -270,10 +280,11 @@ def run_compare(
                 bar.update(1)
     bar.close()
     results = out / "results.jsonl"
-    results.write_text("".join(json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in rows))
+    write_bytes_atomic(results, "".join(json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in rows).encode())
     write_json_atomic(out / "generator_quality.json", gen_quality)
+    write_json_atomic(out / "generator_failures.json", failures)
     return write_report(exp, rows, gen_quality, out, classes=classes, total_seconds=time.perf_counter() - t_start,
-                        splits=splits)
+                        splits=splits, failures=failures)
 
 
 def generator_quality(

@@ -71,7 +71,7 @@ def _p(p: float) -> str:
 
 def write_report(
     exp, rows: list[dict[str, Any]], gen_quality: list[dict[str, Any]], out: Path, *,
-    classes: dict[int, str], total_seconds: float, splits=None,
+    classes: dict[int, str], total_seconds: float, splits=None, failures: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write report.md, report.html and plots into ``out``; returns report.md's path."""
     out = Path(out)
@@ -98,6 +98,13 @@ def write_report(
         blocks += _task_section(task, task_rows, exp, out, verdict_lines)
     blocks.insert(2, Block("h2", "Verdict"))
     blocks.insert(3, Block("p", " ".join(verdict_lines) or "No strategy was compared."))
+    if failures:
+        blocks.insert(4, Block("h3", "Generators that failed"))
+        blocks.insert(5, Block("p", "These generators could not make labelled samples, so the strategies that "
+                               "need them were not run for that budget and seed (train longer or check the "
+                               "progress grids in the run folder): " + "; ".join(
+                                   f"{f['generator']} (budget {f['budget']}, seed {f['seed']}): {f['error']}"
+                                   for f in failures) + "."))
     blocks += _generator_section(gen_quality, out)
     blocks += _timing_section(rows, gen_quality)
     md = _render_md(blocks)
@@ -127,6 +134,10 @@ def _task_section(task: str, rows: list[dict[str, Any]], exp, out: Path, verdict
                 continue
             cur = dict(by[(s, b)])
             seeds = sorted(set(base) & set(cur))
+            if not seeds:
+                diff_rows.append([s, str(b), "–", "–", "–", "–", "not run"])
+                verdicts.append(f"{s} was not run at {b} patients (see 'Generators that failed').")
+                continue
             summ = summarise_paired([_get(cur[x], key) for x in seeds], [_get(base[x], key) for x in seeds])
             diff_rows.append([s, str(b), _fmt(summ["mean_diff"]), f"[{_fmt(summ['ci_low'])}, {_fmt(summ['ci_high'])}]",
                               _p(summ["p_value"]), summ["test"], summ["verdict"]])
