@@ -65,6 +65,8 @@ class DetectSpec:
     max_ratio: float = 3.0
     theta: float = 0.5  # image-level "bleed present" threshold on the best box score
     kmeans_anchors: bool = True
+    representation_size: int = 1024  # box head width (torchvision's default)
+    box_batch_size_per_image: int = 64  # RoIs per slice for the box head (downstream.detect)
     window: str = "head-model"
 
 

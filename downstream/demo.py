@@ -1,7 +1,7 @@
 """`lesionforge demo`: the quick end-to-end comparison on the embedded head-ICH phantom.
 
-Runs ``configs/demo.yaml`` (shipped inside the package as `downstream/demo.yaml` when
-installed from a wheel) through `downstream.harness.run_compare`: phantom data in two
+Runs ``configs/demo.yaml`` of the source checkout (the README installs it editable)
+through `downstream.harness.run_compare`: phantom data in two
 scanner domains, DCGAN/pix2pix/CycleGAN trained on the labelled patients only, a
 segmenter and a detector per strategy and seed, and the report.
 """

@@ -35,20 +35,27 @@ def _nanmean(values) -> float:
 def evaluate_segmentation(
     preds: Sequence[np.ndarray], samples: Sequence[Sample], classes: dict[int, str]
 ) -> dict[str, Any]:
-    """Patient-level (volume) Dice/IoU, per-class Dice, slice HD95, lesion sensitivity
-    (all and small), false positives per slice, and ICC(2,1) of per-slice lesion areas."""
+    """Patient-level (volume) Dice/IoU over the patients that have a lesion, per-class
+    Dice, slice HD95, lesion sensitivity (all and small), false positives per slice (all
+    slices, lesion-free ones included), and ICC(2,1) of per-slice lesion areas."""
     if len(preds) != len(samples):
         raise ValueError(f"{len(preds)} predictions for {len(samples)} test slices")
     spacing = _spacing(samples)
     by_patient: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
         by_patient[s.patient_id].append(i)
-    dices, ious, class_dice = [], [], defaultdict(list)
+    dices, ious, class_dice, lesion_free = [], [], defaultdict(list), 0
     for idx in by_patient.values():
         p = np.stack([preds[i] for i in idx])
         t = np.stack([samples[i].mask for i in idx])
-        dices.append(M.any_lesion_dice(p, t))
-        ious.append(M.iou(p > 0, t > 0))
+        if not t.any():
+            # Dice is undefined without a lesion (an empty prediction would score 1, any
+            # false positive 0): lesion-free patients count in fp_per_slice instead, as
+            # MONAI's DiceMetric(ignore_empty=True) and nnU-Net's evaluation do.
+            lesion_free += 1
+        else:
+            dices.append(M.any_lesion_dice(p, t))
+            ious.append(M.iou(p > 0, t > 0))
         for c, v in M.per_class_dice(p, t, classes).items():
             class_dice[c].append(v)
     hd, hd_excluded, records, areas = [], 0, [], []
@@ -78,6 +85,7 @@ def evaluate_segmentation(
         "icc_area": M.icc_2_1(np.array(areas)) if len(areas) >= 2 else float("nan"),
         "area_unit": "mm2" if spacing else "px",
         "n_patients": len(by_patient),
+        "n_lesion_free_patients": lesion_free,
     }
 
 

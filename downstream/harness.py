@@ -40,7 +40,7 @@ from downstream.config import Experiment, GeneratorSpec, load_experiment
 
 log = logging.getLogger(__name__)
 
-HARNESS_VERSION = 2  # bump when a change makes cached runs stale
+HARNESS_VERSION = 3  # bump when a change makes cached runs stale (3: prior-initialised U-Net head)
 
 
 def config_hash(obj: Any) -> str:

@@ -151,6 +151,10 @@ def _task_section(task: str, rows: list[dict[str, Any]], exp, out: Path, verdict
                 verdicts.append(f"{s} does not significantly change {task} {label} at {b} patients "
                                 f"(difference {_fmt(summ['mean_diff'])}, 95% CI [{_fmt(summ['ci_low'])}, "
                                 f"{_fmt(summ['ci_high'])}]): no evidence that it helps.")
+    for b in budgets:
+        note = _nothing_learned(task, [m for (_, bb), runs in by.items() if bb == b for _, m in runs], label)
+        if note:
+            verdicts.append(f"At {b} patients {note}")
     blocks.append(Block("h3", f"Difference to `none` ({label})"))
     blocks.append(Block("table", header=["strategy", "budget", "mean diff", "95% CI", "p", "test", "verdict"],
                         rows=diff_rows))
@@ -176,6 +180,30 @@ def _task_section(task: str, rows: list[dict[str, Any]], exp, out: Path, verdict
     _curve(png, strategies, budgets, by, key, label)
     blocks.append(Block("img", text=str(png.relative_to(out)), header=[f"{label} vs label budget"]))
     return blocks
+
+
+# Lesion-level sensitivity of each task (the metric that is 0 when a model finds nothing).
+FOUND = {"segment": "lesion_sensitivity", "detect": "box_sensitivity"}
+
+
+def _nothing_learned(task: str, metrics: list[dict[str, Any]], label: str) -> str:
+    """A plain warning when no run of any strategy found a single test lesion: then every
+    difference above is a difference between models that learned nothing, not evidence
+    about the strategies."""
+    if not metrics:
+        return ""
+    found = [_get(m, FOUND[task]) for m in metrics]
+    primary = [_get(m, PRIMARY[task][0]) for m in metrics]
+    # Detection: no box at θ on any lesion, and mAP below 1% (a handful of low-score boxes
+    # touching a lesion give mAP ~1e-4, which is still nothing learned).
+    nothing = all(not (f > 0) for f in found)
+    if task == "detect":
+        nothing = nothing and all(not (p >= 0.01) for p in primary)
+    if not nothing:
+        return ""
+    return (f"no {task} model found a single test lesion under any strategy ({label} near 0 everywhere): "
+            f"its training budget is too small for it to learn, so these {task} numbers say nothing about "
+            f"the strategies. Raise `tasks.{task}.steps` (the full studies in configs/ do).")
 
 
 def _curve(path: Path, strategies, budgets, by, key, label) -> None:

@@ -72,7 +72,7 @@ def run_task(
 
         model = UNet(1, max(classes) + 1, base=spec.base, depth=spec.depth,
                      attention=spec.arch == "attention-unet").to(dev)
-        opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+        opt = torch.optim.Adam(model.parameters(), lr=spec.lr, foreach=True)
         losses = train_one_epoch(model, opt, loader, dev)
         train_s = time.perf_counter() - t0
         preds = predict(model, test_loader(test_samples, spec.window), dev)
@@ -90,13 +90,15 @@ def run_task(
         size = int(test_samples[0].image.shape[0])
         boxes = np.concatenate([s.boxes for s in labelled.samples()] or [np.zeros((0, 4))])
         cfg = DetectorConfig(backbone=spec.backbone, image_size=size, cost_sensitive=spec.cost_sensitive,
-                             alpha=spec.alpha, max_ratio=spec.max_ratio, lr=spec.lr)
+                             alpha=spec.alpha, max_ratio=spec.max_ratio, lr=spec.lr,
+                             representation_size=spec.representation_size,
+                             box_batch_size_per_image=spec.box_batch_size_per_image)
         if spec.kmeans_anchors and len(boxes) >= 3:
             sizes, ratios = kmeans_anchors(boxes, seed=seed)
             cfg = DetectorConfig(**{**cfg.__dict__, "anchor_sizes": sizes, "aspect_ratios": ratios})
         # Class-agnostic: "lesion present here" (subtype classification is the segmenter's job).
         model = build_detector(cfg, num_classes=2).to(dev)
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=spec.lr)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=spec.lr, foreach=True)
         losses = train_one_epoch(model, opt, _agnostic(loader), dev)
         train_s = time.perf_counter() - t0
         preds = predict(model, test_loader(test_samples, spec.window), dev)

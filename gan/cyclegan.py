@@ -182,10 +182,10 @@ class CycleGAN(GanModule):
         betas = (cfg.beta1, 0.999)
         self.optimizers = {
             "G": torch.optim.Adam(
-                itertools.chain(self.g_ab.parameters(), self.g_ba.parameters()), cfg.lr, betas=betas
+                itertools.chain(self.g_ab.parameters(), self.g_ba.parameters()), cfg.lr, betas=betas, foreach=True
             ),
             "D": torch.optim.Adam(
-                itertools.chain(self.d_a.parameters(), self.d_b.parameters()), cfg.lr, betas=betas
+                itertools.chain(self.d_a.parameters(), self.d_b.parameters()), cfg.lr, betas=betas, foreach=True
             ),
         }
         self.steps_done = 0  # drives the LR schedule; saved as extra state

@@ -218,8 +218,8 @@ class DCGAN(GanModule):
         self.netG = DCGANGenerator(cfg.nz, cfg.ngf, 2, cfg.roi_size, n_cond)
         self.netD = DCGANDiscriminator(2, cfg.ndf, cfg.roi_size, n_cond, cfg.spectral_norm)
         self.optimizers = {
-            "G": torch.optim.Adam(self.netG.parameters(), lr=cfg.lr, betas=cfg.betas),
-            "D": torch.optim.Adam(self.netD.parameters(), lr=cfg.lr, betas=cfg.betas),
+            "G": torch.optim.Adam(self.netG.parameters(), lr=cfg.lr, betas=cfg.betas, foreach=True),
+            "D": torch.optim.Adam(self.netD.parameters(), lr=cfg.lr, betas=cfg.betas, foreach=True),
         }
         self.window = Window(*cfg.window)
         # Training-lesion count per class (index k-1 for class k); synthesis draws classes

@@ -209,8 +209,8 @@ class Pix2Pix(GanModule):
             init_normal_(net, cfg.init_std)
         betas = (cfg.beta1, 0.999)
         self.optimizers = {
-            "G": torch.optim.Adam(self.net_g.parameters(), cfg.lr, betas=betas),
-            "D": torch.optim.Adam(self.net_d.parameters(), cfg.lr, betas=betas),
+            "G": torch.optim.Adam(self.net_g.parameters(), cfg.lr, betas=betas, foreach=True),
+            "D": torch.optim.Adam(self.net_d.parameters(), cfg.lr, betas=betas, foreach=True),
         }
         self.steps_done = 0  # drives the LR schedule
         # The mask bank (filled by prepare, restored by load): every lesion component of
