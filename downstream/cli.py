@@ -168,12 +168,27 @@ def cmd_demo(a: argparse.Namespace) -> None:
 # -------------------------------------------------------------------------- parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--seed", type=int, default=0, help="random seed (same seed + config = same files)")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    device.add_argument(
+        "--threads", type=_positive_int, metavar="N",
+        help="CPU threads for torch (default: one per core). On a machine shared with other busy "
+        "processes use 1: a thread waiting for a busy core stalls every small convolution",
+    )
 
     p = argparse.ArgumentParser(
         prog="lesionforge",
@@ -287,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     os.environ.setdefault("WANDB_MODE", "offline")
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         args.func(args)
     except LesionforgeError as e:

@@ -147,6 +147,13 @@ def _task_section(task: str, rows: list[dict[str, Any]], exp, out: Path, verdict
             elif summ["verdict"] == "hurts":
                 verdicts.append(f"**{s}** makes {task} {label} worse at {b} patients "
                                 f"({summ['mean_diff']:.3f}, p = {_p(summ['p_value'])}).")
+            elif summ["consistent"]:
+                direction = "better" if summ["better"] else "worse"
+                verdicts.append(f"{s} is {direction} than `none` for {task} {label} in all {summ['n']} paired "
+                                f"runs at {b} patients (difference {summ['mean_diff']:+.3f}, 95% CI "
+                                f"[{_fmt(summ['ci_low'])}, {_fmt(summ['ci_high'])}]), but with {summ['n']} pairs the "
+                                f"{summ['test']} is not significant (p = {_p(summ['p_value'])}): suggestive, not "
+                                f"yet evidence; more seeds would tell.")
             else:
                 verdicts.append(f"{s} does not significantly change {task} {label} at {b} patients "
                                 f"(difference {_fmt(summ['mean_diff'])}, 95% CI [{_fmt(summ['ci_low'])}, "

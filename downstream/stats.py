@@ -74,5 +74,9 @@ def summarise_paired(
         verdict = "no significant difference"
     else:
         verdict = "helps" if better else "hurts"
+    # Every pair moved the same way (and not all by zero): worth saying even when too few
+    # pairs make the test non-significant.
+    consistent = bool(len(d) > 1 and not np.allclose(d, 0) and (np.all(d > 0) or np.all(d < 0)))
     return {"n": len(d), "mean_diff": float(d.mean()), "ci_low": lo, "ci_high": hi, "p_value": p,
-            "test": test["test"], "significant": significant, "verdict": verdict}
+            "test": test["test"], "significant": significant, "verdict": verdict, "consistent": consistent,
+            "better": bool(better)}

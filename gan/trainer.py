@@ -45,6 +45,7 @@ from gan.base import (
     resolve_device,
 )
 from gan.logging_sinks import JsonlSink, LossMonitor, NonFiniteLossError, Sinks, WandbSink
+from gan.networks.small_maps import use_gemm_for_small_maps
 from gan.train_data import (
     anatomy_kind,
     data_defaults,
@@ -87,8 +88,12 @@ class TrainConfig:
         amp: bfloat16 autocast in ``training_step``. Off by default: GAN losses are
             sensitive to precision, and CPUs without native bf16 (AVX512-BF16/AMX) run
             it slower than float32. Worth trying on recent GPUs.
-        channels_last: NHWC memory format for weights and batches. Off by default: on
-            our measurements (bench/gan_step.py) it made CPU steps slower; try it on GPUs.
+        channels_last: NHWC memory format for weights and batches. Off by default: per
+            layer on the 2-core AVX2 development machine it ranged from 0.65x to 1.15x
+            the speed of NCHW, with no net gain for a step; try it on GPUs.
+        small_map_gemm: on CPU, convolutions whose output map is at most 4x4 pixels run
+            as one matrix product (`gan.networks.small_maps`; same arithmetic, faster
+            backward for DCGAN's and pix2pix's deepest layers). No effect on GPUs.
         progress: a tqdm bar with rate, ETA and the latest losses.
     """
 
@@ -108,6 +113,7 @@ class TrainConfig:
     wandb_project: str = "lesionforge"
     amp: bool = False
     channels_last: bool = False
+    small_map_gemm: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -307,6 +313,8 @@ def train(
     module.to(device)
     if cfg.channels_last:
         module.to(memory_format=torch.channels_last)
+    if cfg.small_map_gemm and device.type == "cpu":
+        use_gemm_for_small_maps(module)
     start = 0
     if resume_from is not None:
         module.load_state_dict(resume_from["state_dict"])

@@ -63,3 +63,18 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.pt" in err[0] and "not found" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_threads_option_sets_torch_threads_and_rejects_nonsense(tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["synthesize", "--checkpoint", str(tmp_path / "nope.pt"), "--n", "1",
+                     "--out", str(tmp_path / "o"), "--threads", "1"]) == 2  # fails later, on the checkpoint
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        main(["demo", "--threads", "0"])
+    assert "positive integer" in capsys.readouterr().err

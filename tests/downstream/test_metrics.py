@@ -128,3 +128,33 @@ def test_paired_statistics():
     assert summarise_paired(a, b)["verdict"] == "helps"
     assert summarise_paired(b, a)["verdict"] == "hurts"
     assert summarise_paired([0.8, 0.7, 0.9], [0.81, 0.69, 0.9])["verdict"] == "no significant difference"
+    mixed = summarise_paired([0.8, 0.7, 0.9], [0.81, 0.69, 0.9])
+    assert not mixed["consistent"]
+    # Three pairs that all improve, by different amounts: paired t-test on d = (0.02, 0.1, 0.05)
+    # gives t = 2.43, p = 0.136 (scipy.stats.ttest_rel; not significant), yet every seed moved the same way.
+    few = summarise_paired([0.12, 0.2, 0.15], [0.1, 0.1, 0.1])
+    assert few["verdict"] == "no significant difference" and few["consistent"] and few["better"]
+
+
+def test_report_calls_a_consistent_but_non_significant_gain_suggestive():
+    from downstream.report import _task_section
+
+    class Exp:
+        seeds = (0, 1, 2)
+        budgets = (6,)
+        strategies = [type("S", (), {"name": n}) for n in ("none", "classical")]
+
+    rows = [{"task": "segment", "strategy": st, "budget": 6, "seed": s,
+             "metrics": {"dice": base + (gain if st == "classical" else 0.0), "lesion_sensitivity": 0.5}}
+            for s, (base, gain) in enumerate([(0.1, 0.02), (0.1, 0.1), (0.1, 0.05)])
+            for st in ("none", "classical")]
+    verdicts: list[str] = []
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "plots").mkdir()
+        _task_section("segment", rows, Exp, Path(d), verdicts)
+    assert len(verdicts) == 1
+    assert "better than `none`" in verdicts[0] and "in all 3 paired runs" in verdicts[0]
+    assert "not significant" in verdicts[0] and "suggestive" in verdicts[0]

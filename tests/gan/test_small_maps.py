@@ -1,0 +1,75 @@
+"""The matrix-product path for convolutions on small maps computes the same convolution
+(values and both gradients) as PyTorch's kernels, and switches only small maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gan.networks.small_maps import conv2d_gemm, conv_transpose2d_gemm, use_gemm_for_small_maps
+
+
+def _grads(fn, x, w, b):
+    x, w, b = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+    y = fn(x, w, b)
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()  # a non-uniform upstream grad
+    return y.detach(), x.grad, w.grad, b.grad
+
+
+@pytest.mark.parametrize(("shape", "k", "stride", "pad"), [
+    ((3, 5, 8, 8), 4, 2, 1),   # DCGAN/pix2pix down-sampling, 8x8 -> 4x4
+    ((2, 4, 7, 6), 3, 1, 1),   # odd, non-square map
+    ((2, 3, 4, 4), 4, 1, 0),   # 4x4 -> 1x1 (DCGAN discriminator's last layer)
+])
+def test_conv2d_gemm_matches_conv2d(shape, k, stride, pad):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    w, b = torch.randn(6, shape[1], k, k), torch.randn(6)
+    ref = _grads(lambda x, w, b: F.conv2d(x, w, b, stride, pad), x, w, b)
+    got = _grads(lambda x, w, b: conv2d_gemm(x, w, b, (stride, stride), (pad, pad)), x, w, b)
+    for r, g in zip(ref, got, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("shape", "k", "stride", "pad"), [
+    ((3, 5, 4, 4), 4, 2, 1),   # 4x4 -> 8x8 up-sampling
+    ((2, 6, 1, 1), 4, 1, 0),   # DCGAN generator's first layer: z (1x1) -> 4x4
+    ((2, 3, 2, 3), 3, 2, 1),   # non-square
+])
+def test_conv_transpose2d_gemm_matches_conv_transpose2d(shape, k, stride, pad):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    w, b = torch.randn(shape[1], 7, k, k), torch.randn(7)
+    ref = _grads(lambda x, w, b: F.conv_transpose2d(x, w, b, stride, pad), x, w, b)
+    got = _grads(lambda x, w, b: conv_transpose2d_gemm(x, w, b, (stride, stride), (pad, pad)), x, w, b)
+    for r, g in zip(ref, got, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_patched_network_keeps_outputs_state_dict_and_spectral_norm(monkeypatch):
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.utils.parametrizations.spectral_norm(nn.Conv2d(2, 8, 4, 2, 1)),  # 16 -> 8: too big, default path
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(8, 16, 4, 2, 1, bias=False),  # 8 -> 4: matrix product
+        nn.ConvTranspose2d(16, 4, 4, 2, 1),  # 4 -> 8: default path (64 px)
+        nn.Conv2d(4, 4, 3, padding=1, groups=2),  # grouped: never switched
+    ).eval()
+    x = torch.randn(3, 2, 16, 16)
+    keys = list(net.state_dict())
+    with torch.no_grad():
+        ref = net(x)
+    assert use_gemm_for_small_maps(net) == 3  # grouped conv left alone
+    assert list(net.state_dict()) == keys
+    calls = []
+    import gan.networks.small_maps as sm
+
+    real = sm.conv2d_gemm
+    monkeypatch.setattr(sm, "conv2d_gemm", lambda *a: calls.append(a[0].shape) or real(*a))
+    with torch.no_grad():
+        got = net(x)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert calls == [torch.Size([3, 8, 8, 8])]  # only the 8x8 -> 4x4 layer took the new path
+    assert use_gemm_for_small_maps(net) == 3  # idempotent
