@@ -92,6 +92,59 @@ def allowed_region(
     return _liver(image, spacing)
 
 
+CSF_HU = 20.0  # below this (smoothed), brain-interior pixels are CSF (partial volume at 64 px
+# lifts 5-10 HU ventricles to 15-20 HU; parenchyma lies at 25-35 HU)
+# Where the centre of a new lesion of each ICH subtype belongs (`lesion_regions` names).
+# EDH/SDH lie on the inner table, SAH in the surface sulci, IVH in a ventricle, IPH in
+# the parenchyma; unknown class names may go anywhere in the brain.
+SUBTYPE_REGION = {"IPH": "parenchyma", "IVH": "ventricles", "EDH": "periphery", "SDH": "periphery",
+                  "SAH": "periphery"}
+
+
+def lesion_regions(
+    image_hu: np.ndarray, kind: str, *, spacing: Sequence[float] | None = None
+) -> dict[str, np.ndarray]:
+    """Sub-regions of `allowed_region` where lesions of a given subtype belong, from HU.
+
+    ``head-ich`` gives ``brain`` (= `allowed_region`), ``periphery`` (brain within ~6 mm
+    of its outline: the inner table, where EDH/SDH/SAH lie), ``ventricles`` (CSF-density
+    pixels deeper than ~12 mm from the outline: the ventricular system, not the surface
+    sulci) and ``parenchyma`` (brain that is neither CSF nor periphery). ``liver`` gives
+    ``liver``. Each is bool (H, W) and may be empty (no ventricle at this level).
+    """
+    image = _check(image_hu)
+    brain = allowed_region(image, kind, spacing=spacing)
+    if kind == "liver":
+        return {"liver": brain}
+    depth = ndimage.distance_transform_edt(brain)  # px from the brain's outline
+    periphery_px = _radius(image, 6.0, 5, spacing)
+    deep_px = _radius(image, 12.0, 10, spacing)
+    csf = brain & (ndimage.gaussian_filter(image, 1.0) < CSF_HU)
+    periphery = brain & (depth <= periphery_px)
+    return {
+        "brain": brain,
+        "periphery": periphery,
+        "ventricles": _drop_specks(csf & (depth > deep_px), min_px=4),
+        "parenchyma": brain & ~csf & ~periphery,
+    }
+
+
+def _drop_specks(mask: np.ndarray, min_px: int) -> np.ndarray:
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+    return np.isin(labels, 1 + np.flatnonzero(sizes >= min_px))
+
+
+def class_anchor(name: str, regions: dict[str, np.ndarray]) -> np.ndarray:
+    """Where the centre of a new lesion of class ``name`` may go, given `lesion_regions`."""
+    region = SUBTYPE_REGION.get(str(name).upper())
+    if region in regions:
+        return regions[region]
+    return regions.get("brain", regions.get("liver"))
+
+
 def _brain(image: np.ndarray, spacing: Sequence[float] | None) -> np.ndarray:
     smooth = ndimage.gaussian_filter(image, 1.0)
     bone = ndimage.median_filter(image, size=3) > BONE_HU

@@ -83,6 +83,7 @@ def find_placement(
     rng: np.random.Generator,
     *,
     clear: np.ndarray | None = None,
+    anchor: np.ndarray | None = None,
 ) -> tuple[int, int] | None:
     """A uniformly random top-left corner where the ROI can go, or None if there is none.
 
@@ -97,6 +98,9 @@ def find_placement(
         clear: bool (h, w), the footprint that must avoid ``occupied``; defaults to
             ``mask_roi``. Pass the blend's support (``alpha > 0``) so blending never
             alters an existing lesion.
+        anchor: bool (H, W) or None: where the lesion's centre must fall (its pixel
+            nearest the centroid, so crescents count too), e.g. the ventricles for IVH
+            (`augment.anatomy.lesion_regions`).
 
     Returns:
         ``(row, col)`` of the ROI's top-left pixel in the host, the ROI lying fully
@@ -120,10 +124,24 @@ def find_placement(
             raise ValueError(f"occupied has shape {occupied.shape}, allowed {allowed.shape}")
         bad = bad + _overlap_counts(occupied, footprint)
     # The counts are integers computed by FFT, so "zero" means below one half.
-    rows, cols = np.nonzero(bad < 0.5)
+    ok = bad < 0.5
+    if anchor is not None:
+        anchor = np.asarray(anchor).astype(bool)
+        if anchor.shape != allowed.shape:
+            raise ValueError(f"anchor has shape {anchor.shape}, allowed {allowed.shape}")
+        cy, cx = _centre_pixel(lesion)
+        ok &= anchor[cy : cy + ok.shape[0], cx : cx + ok.shape[1]]
+    rows, cols = np.nonzero(ok)
     if len(rows) == 0:
         return None
     k = int(rng.integers(len(rows)))
+    return int(rows[k]), int(cols[k])
+
+
+def _centre_pixel(mask: np.ndarray) -> tuple[int, int]:
+    """The lesion pixel nearest the lesion's centroid (row, col)."""
+    rows, cols = np.nonzero(mask)
+    k = int(np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2))
     return int(rows[k]), int(cols[k])
 
 

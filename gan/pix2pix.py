@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from augment.anatomy import allowed_region
+from augment.anatomy import allowed_region, class_anchor, lesion_regions
 from augment.errors import CheckpointError, ConfigError, DataError
 from augment.sample import Sample
 from augment.window import Window
@@ -85,6 +85,10 @@ class Pix2PixConfig:
         scale_range: bank masks are scaled by a factor drawn from this range.
         rotation_range: bank masks are rotated by an angle (degrees) drawn from this range.
         max_tries: host draws per synthetic slice before giving up on placing a lesion.
+        subtype_regions: place each new lesion's centre where its subtype belongs
+            (`augment.anatomy.lesion_regions`: IVH in a ventricle, EDH/SDH/SAH near the
+            inner table, IPH in parenchyma), by the class names of the training data.
+            Off: anywhere in the allowed region.
         lr: Adam learning rate.
         beta1: Adam beta1.
         n_steps_constant: steps at the full learning rate before the decay starts.
@@ -112,6 +116,7 @@ class Pix2PixConfig:
     scale_range: tuple[float, float] = (0.7, 1.3)
     rotation_range: tuple[float, float] = (0.0, 360.0)
     max_tries: int = 20
+    subtype_regions: bool = True
     lr: float = 2e-4
     beta1: float = 0.5
     n_steps_constant: int = 0
@@ -432,7 +437,7 @@ class Pix2Pix(GanModule):
         for s in hosts:
             self._check(s, "host")
         bank = self.mask_bank
-        allowed: dict[int, np.ndarray] = {}  # per host index, computed once per call
+        allowed: dict[int, tuple] = {}  # per host index: (region, anchors), computed once per call
         out: list[Sample] = []
         for start in range(0, n, batch_size):  # chunks bound the memory for large n
             plans = [
@@ -466,28 +471,42 @@ class Pix2Pix(GanModule):
                 out.append(Sample(image=image, mask=label, meta=meta))
         return out
 
+    def _regions(self, host: Sample) -> tuple[np.ndarray, dict[int, np.ndarray] | None]:
+        """The host's allowed region and, with ``subtype_regions``, per class id the
+        region its lesions' centres must fall in (None: anywhere allowed)."""
+        cfg = self.cfg
+        names = {int(k): v for k, v in (self.data_info.get("classes") or {}).items()}
+        spacing = host.meta.get("spacing")
+        if not cfg.subtype_regions or not names:
+            return allowed_region(host.image, cfg.anatomy, spacing=spacing), None
+        regions = lesion_regions(host.image, cfg.anatomy, spacing=spacing)
+        region = regions.get("brain", regions.get("liver"))
+        return region, {c: class_anchor(name, regions) for c, name in names.items()}
+
     def _plan(
         self,
         hosts: Sequence[Sample],
         bank: MaskBank,
         rng: np.random.Generator,
-        allowed: dict[int, np.ndarray],
+        allowed: dict[int, tuple],
     ) -> tuple[int, np.ndarray, list[dict]]:
         """Draw a host and place new lesions on it: ``(host index, new mask, placements)``."""
         cfg = self.cfg
         for _ in range(cfg.max_tries):
             hi = int(rng.integers(len(hosts)))
             if hi not in allowed:
-                allowed[hi] = allowed_region(hosts[hi].image, cfg.anatomy)
+                allowed[hi] = self._regions(hosts[hi])
+            region, anchors = allowed[hi]
             new, placements = place_lesions(
                 hosts[hi].mask > 0,
-                allowed[hi],
+                region,
                 bank,
                 rng,
                 n_range=cfg.lesions_range,
                 scale_range=cfg.scale_range,
                 rotation_range=cfg.rotation_range,
                 gap=cfg.erase_dilate_px + 1,  # erase areas never reach a host lesion
+                anchors=anchors,
             )
             if placements:
                 return hi, new, placements

@@ -5,7 +5,7 @@ Pure numpy/scipy functions, so they are tested (and reusable) without a network.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,13 +143,17 @@ def place_lesions(
     scale_range: tuple[float, float],
     rotation_range: tuple[float, float],
     gap: int,
+    anchors: Mapping[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Draw and place new lesions from ``bank``; every draw comes from ``rng``.
 
     Draws how many (``n_range``, inclusive), then per lesion: a bank entry, a flip
     (p = 1/2), an angle and a scale, and a uniformly random position where the whole
     lesion lies in ``allowed`` and it stays ``gap`` pixels clear of ``occupied`` and of
-    the lesions placed before it. A lesion with no such position is skipped.
+    the lesions placed before it. With ``anchors`` (class id -> bool (H, W), from
+    `augment.anatomy.lesion_regions`), a lesion's centre must also fall in its class's
+    region: IVH in a ventricle, EDH/SDH on the inner table. A lesion with no such
+    position is skipped.
 
     Returns:
         ``(mask, placements)``: uint8 (H, W) holding only the new lesions (class ids),
@@ -170,12 +174,13 @@ def place_lesions(
         if not lesion.any():
             continue
         roi = np.pad(lesion, gap)
-        pos = find_placement(roi, allowed, occupied, rng, clear=dilate(roi, gap))
+        cls = int(bank.classes[j])
+        anchor = anchors.get(cls) if anchors else None
+        pos = find_placement(roi, allowed, occupied, rng, clear=dilate(roi, gap), anchor=anchor)
         if pos is None:
             continue
         r, c = pos
         window = (slice(r, r + roi.shape[0]), slice(c, c + roi.shape[1]))
-        cls = int(bank.classes[j])
         new[window][roi] = cls
         occupied[window] |= roi
         placements.append(

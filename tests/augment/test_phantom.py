@@ -517,3 +517,28 @@ def test_library_errors():
         spacing("liver", 8)
     with pytest.raises(ConfigError, match="unknown domain"):
         phantom_samples("liver", 3, domain="C")  # at the call, before any slice is asked for
+
+
+def test_lesion_regions_find_ventricles_and_the_inner_table():
+    from scipy import ndimage
+
+    from augment.anatomy import SUBTYPE_REGION, allowed_region, class_anchor, lesion_regions
+
+    sample, anatomy = render_slice("head-ich", 3, 1, size=128, domain="A")
+    regions = lesion_regions(sample.image, "head-ich", spacing=sample.meta["spacing"])
+    brain = regions["brain"]
+    np.testing.assert_array_equal(brain, allowed_region(sample.image, "head-ich", spacing=sample.meta["spacing"]))
+    true_vent = anatomy.regions["ventricles"]
+    found = regions["ventricles"]
+    assert true_vent.sum() > 50 and found.sum() > 20
+    # Found from HU alone; partial volume adds a rim, so at least half must be true ventricle.
+    assert (found & true_vent).sum() / found.sum() > 0.5
+    # The periphery hugs the skull: every pixel within ~6 mm (+1 px) of the brain's outline.
+    depth_mm = ndimage.distance_transform_edt(brain, sampling=sample.meta["spacing"])
+    assert depth_mm[regions["periphery"]].max() <= 6.0 + max(sample.meta["spacing"])
+    assert not (regions["parenchyma"] & (regions["periphery"] | found)).any()
+    assert class_anchor("IVH", regions) is found and class_anchor("sdh", regions) is regions["periphery"]
+    assert class_anchor("unknown", regions) is brain
+    assert set(SUBTYPE_REGION) == {"IPH", "IVH", "EDH", "SDH", "SAH"}
+    liver, _ = render_slice("liver", 0, 3, size=64)
+    assert set(lesion_regions(liver.image, "liver")) == {"liver"}

@@ -369,6 +369,21 @@ def test_find_placement_finds_the_only_place_or_none():
         assert not 11 <= c <= 15
 
 
+def test_find_placement_anchor_pins_the_lesion_centre():
+    # An L-shaped lesion, pixels (0..3, 0) and (3, 1): centroid (1.8, 0.2), nearest lesion
+    # pixel (2, 0).
+    lesion = np.zeros((4, 3), bool)
+    lesion[:, 0] = True
+    lesion[3, 1] = True
+    allowed = np.ones((20, 20), bool)
+    anchor = np.zeros_like(allowed)
+    anchor[10, 7] = True  # the only place the centre may go
+    for seed in range(5):
+        assert find_placement(lesion, allowed, None, np.random.default_rng(seed), anchor=anchor) == (8, 7)
+    anchor[:] = False
+    assert find_placement(lesion, allowed, None, np.random.default_rng(0), anchor=anchor) is None
+
+
 def test_paste_blends_inside_keeps_host_outside_and_labels_the_lesion():
     host = _head(64, lesions=((20, 20, 3, 2),))
     lesion = _disc((16, 16), (8, 8), 3)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from augment.anatomy import allowed_region
+from augment.anatomy import SUBTYPE_REGION, allowed_region, lesion_regions
 from augment.errors import CheckpointError, ConfigError, DataError
 from augment.phantom import phantom_samples
 from augment.sample import Sample, boxes_from_mask
@@ -352,3 +352,25 @@ def test_training_learns_blood_like_lesions(data):
         ring = dilate(lesion, 3) & ~lesion & (s.image > 0) & (s.image < 60)
         if lesion.sum() >= 10 and ring.any():
             assert r.image[lesion].mean() > r.image[ring].mean() + 10
+
+
+def test_synthesis_puts_each_subtype_where_it_belongs(data):
+    from augment.phantom import CLASSES
+    from gan.paste import _centre_pixel
+
+    m = new_model(lesions_range=(2, 3))
+    m.prepare(data)
+    m.data_info = {"classes": {str(k): v for k, v in CLASSES["head-ich"].items()}}  # as a checkpoint stores it
+    out = m.sample(16, seed=5, conditions=data)
+    placed = {}
+    for s in out:
+        host = data[s.meta["host_index"]]
+        regions = lesion_regions(host.image, "head-ich", spacing=host.meta.get("spacing"))
+        for p in s.meta["placements"]:
+            name = CLASSES["head-ich"][p["class"]]
+            window = (slice(p["row"], p["row"] + p["height"]), slice(p["col"], p["col"] + p["width"]))
+            lesion = (s.mask[window] == p["class"]) & (host.mask[window] == 0)
+            cy, cx = _centre_pixel(lesion)
+            assert regions[SUBTYPE_REGION[name]][p["row"] + cy, p["col"] + cx], (name, s.id)
+            placed[name] = placed.get(name, 0) + 1
+    assert sum(placed.values()) >= 16 and len(placed) >= 2, placed
