@@ -27,6 +27,7 @@ from PIL import Image
 from skimage.transform import resize
 from tqdm import tqdm
 
+from augment.anatomy import ANATOMY_KINDS
 from augment.errors import ConfigError, DataError
 from augment.io_boxes import export_boxes, read_coco, read_voc, write_coco, write_voc
 from augment.io_volumes import (
@@ -321,6 +322,7 @@ def import_dataset(
     size: int | None = None,
     window: str | dict[str, float] | tuple[float, float] | Window | None = None,
     mask_dir: str | os.PathLike | None = None,
+    anatomy: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
@@ -344,6 +346,9 @@ def import_dataset(
         mask_dir: NIfTI: folder of masks named like the images; DICOM: a NIfTI/NPY mask
             volume (one series) or a folder of ``<case>.nii.gz``/``.npy``; an NPY mask is
             (slices, rows, columns) in the series' sorted order. PNG/NPY: the mask folder.
+        anatomy: ``"head-ich"`` or ``"liver"``: what the scans show, recorded as the
+            dataset's ``kind``. The generators place lesions (and pick their HU window)
+            by it; without it they refuse to guess.
         overwrite: replace an existing ``out``.
         progress: show a tqdm bar over cases.
 
@@ -364,6 +369,8 @@ def import_dataset(
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 2):
         raise ConfigError(f"size must be an integer >= 2, got {size!r}")
     label_map = LabelMap.from_spec(lesion_labels)
+    if anatomy is not None and anatomy not in ANATOMY_KINDS:
+        raise ConfigError(f"unknown anatomy {anatomy!r}; use one of {', '.join(ANATOMY_KINDS)}")
     if not src.is_dir():
         raise DataError(f"{src}: {'not a folder' if src.exists() else 'does not exist'}")
     if out.resolve().is_relative_to(src.resolve()):
@@ -389,6 +396,7 @@ def import_dataset(
         "size": size,
         "window": win.as_dict() if win else None,
         "mask_dir": str(masks.resolve()) if masks else None,
+        "kind": anatomy,
     }
     unit = "file" if resolved in ("png", "npy") else "case"
     with (

@@ -48,6 +48,7 @@ def cmd_data_import(a: argparse.Namespace) -> None:
         size=a.size,
         window=window,
         mask_dir=a.mask_dir,
+        anatomy=a.anatomy,
         overwrite=a.overwrite,
         progress=True,
     )
@@ -222,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--size", type=int, help="resample slices to SIZE x SIZE pixels")
     im.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"), help="window the PNGs were exported with")
     im.add_argument("--mask-dir", type=Path, help="masks for DICOM/PNG/NPY input")
+    im.add_argument("--anatomy", choices=["head-ich", "liver"],
+                    help="what the scans show; the generators place lesions by it (brain / liver)")
     im.add_argument("--overwrite", action="store_true")
     im.set_defaults(func=cmd_data_import)
 

@@ -25,6 +25,7 @@ class DataSpec:
 
     phantom: str | None = None  # "head-ich" | "liver"
     folder: str | None = None  # a dataset folder (`lesionforge data import` output)
+    anatomy: str | None = None  # head-ich | liver, for a folder imported without --anatomy
     n: int = 192  # phantom slices
     size: int = 64
     domain: str = "A"

@@ -25,8 +25,9 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
+from augment.anatomy import ANATOMY_KINDS
 from augment.datasets import SliceDataset
-from augment.errors import DataError
+from augment.errors import ConfigError, DataError
 from augment.sample import (
     Sample,
     budget_patients,
@@ -61,6 +62,13 @@ def prepare_data(exp: Experiment, root: Path) -> tuple[SliceDataset, SliceDatase
     if d.folder:
         source = SliceDataset(d.folder)
         target = SliceDataset(d.target_folder) if d.target_folder else None
+        if d.anatomy:
+            if d.anatomy not in ANATOMY_KINDS:
+                raise ConfigError(f"data.anatomy: unknown anatomy {d.anatomy!r}; use one of "
+                                  f"{', '.join(ANATOMY_KINDS)}")
+            for ds in (source, target):
+                if ds is not None:
+                    ds.info["anatomy"] = d.anatomy  # read by gan.train_data.anatomy_kind
         return source, target
     from augment.phantom import write_phantom
 
@@ -135,7 +143,7 @@ def generator_run(
     import dataclasses
 
     from gan.base import config_from_dict, get_generator
-    from gan.train_data import anatomy_kind, data_defaults
+    from gan.train_data import anatomy_kind, data_defaults, require_anatomy
     from gan.trainer import TrainConfig, init_seed, train
 
     cls = get_generator(name)
@@ -143,6 +151,7 @@ def generator_run(
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     # What the data implies (anatomy, model window, image size, classes), then the config's options.
     model_cfg = {**data_defaults(fields, labelled.info, train_samples), **spec.config}
+    require_anatomy(fields, model_cfg, labelled.folder, name, "set `data.anatomy` in the experiment")
     key = config_hash({"v": HARNESS_VERSION, "model": name, "config": model_cfg, "steps": spec.steps,
                        "bs": spec.batch_size, "seed": seed, "data": _fingerprint(labelled),
                        "data_b": _fingerprint(unlabelled_b) if unlabelled_b is not None else None})

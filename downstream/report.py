@@ -129,6 +129,12 @@ def _task_section(task: str, rows: list[dict[str, Any]], exp, out: Path, verdict
     diff_rows = []
     for b in budgets:
         base = dict(by[("none", b)])
+        # When no model of any strategy learned anything, one sentence says so instead
+        # of a verdict per strategy comparing zeros.
+        note = _nothing_learned(task, [m for (_, bb), runs in by.items() if bb == b for _, m in runs], label)
+        if note:
+            verdicts.append(f"At {b} patients {note}")
+        quiet = bool(note)
         for s in strategies:
             if s == "none":
                 continue
@@ -141,6 +147,8 @@ def _task_section(task: str, rows: list[dict[str, Any]], exp, out: Path, verdict
             summ = summarise_paired([_get(cur[x], key) for x in seeds], [_get(base[x], key) for x in seeds])
             diff_rows.append([s, str(b), _fmt(summ["mean_diff"]), f"[{_fmt(summ['ci_low'])}, {_fmt(summ['ci_high'])}]",
                               _p(summ["p_value"]), summ["test"], summ["verdict"]])
+            if quiet:
+                continue
             if summ["verdict"] == "helps":
                 verdicts.append(f"**{s}** improves {task} {label} at {b} patients "
                                 f"(+{summ['mean_diff']:.3f}, p = {_p(summ['p_value'])}).")
@@ -158,10 +166,6 @@ def _task_section(task: str, rows: list[dict[str, Any]], exp, out: Path, verdict
                 verdicts.append(f"{s} does not significantly change {task} {label} at {b} patients "
                                 f"(difference {_fmt(summ['mean_diff'])}, 95% CI [{_fmt(summ['ci_low'])}, "
                                 f"{_fmt(summ['ci_high'])}]): no evidence that it helps.")
-    for b in budgets:
-        note = _nothing_learned(task, [m for (_, bb), runs in by.items() if bb == b for _, m in runs], label)
-        if note:
-            verdicts.append(f"At {b} patients {note}")
     blocks.append(Block("h3", f"Difference to `none` ({label})"))
     blocks.append(Block("table", header=["strategy", "budget", "mean diff", "95% CI", "p", "test", "verdict"],
                         rows=diff_rows))

@@ -83,6 +83,16 @@ def anatomy_kind(info: dict[str, Any]) -> str | None:
     return None
 
 
+def require_anatomy(fields: set[str], values: dict[str, Any], folder: Any, model: str, how: str) -> None:
+    """Refuse to train a generator that places lesions by anatomy when neither the data
+    nor the user says which anatomy it is (the model's default would be a silent guess)."""
+    if "anatomy" in fields and "anatomy" not in values:
+        raise ConfigError(
+            f"{folder}: the dataset does not say what anatomy it shows, and {model} places lesions by it: "
+            f"import it with `--anatomy head-ich|liver` or {how}"
+        )
+
+
 def data_defaults(
     fields: set[str], info: dict[str, Any], samples: Sequence[Sample]
 ) -> dict[str, Any]:

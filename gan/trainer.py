@@ -52,6 +52,7 @@ from gan.train_data import (
     describe_data,
     load_model_config,
     load_samples,
+    require_anatomy,
 )
 
 log = logging.getLogger(__name__)
@@ -466,6 +467,7 @@ def run_training(
     if config_file is not None:
         values.update(load_model_config(config_file, model))
     values.update(model_config or {})
+    require_anatomy(fields, values, data, model, "set `anatomy:` in --config")
     model_cfg = config_from_dict(cls.Config, values)
     torch.manual_seed(init_seed(seed))  # initial weights follow the seed too
     module = cls(model_cfg)
