@@ -484,7 +484,7 @@ def split_by_patient(
     counts[0] += len(patients) - sum(counts)
     assignment: dict[str, str] = {}
     start = 0
-    for name, c in zip(names, counts, strict=False):
+    for name, c in zip(names, counts, strict=True):
         for p in shuffled[start : start + c]:
             assignment[p] = name
         start += c

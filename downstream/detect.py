@@ -137,7 +137,7 @@ class CostSensitiveRPN(RegionProposalNetwork):
     ) -> tuple[Tensor, Tensor]:
         per_image = objectness.detach().view(len(labels), -1)
         pos_masks, neg_masks, ratios = [], [], []
-        for img_obj, img_labels in zip(per_image, labels, strict=False):
+        for img_obj, img_labels in zip(per_image, labels, strict=True):
             positive = img_labels >= 1
             p = torch.sigmoid(img_obj[positive]).mean().item() if positive.any() else 0.0
             r = 1.0 + (self.max_ratio - 1.0) * p
@@ -229,7 +229,7 @@ def to_detection_inputs(batch: dict[str, Any], device: torch.device) -> tuple[li
     images = [((x + 1) / 2).expand(3, -1, -1).to(device) for x in batch["image"]]
     targets = [
         {"boxes": b.to(device).reshape(-1, 4), "labels": lab.to(device)}
-        for b, lab in zip(batch["boxes"], batch["labels"], strict=False)
+        for b, lab in zip(batch["boxes"], batch["labels"], strict=True)
     ]
     return images, targets
 

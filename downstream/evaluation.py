@@ -60,7 +60,7 @@ def evaluate_segmentation(
             class_dice[c].append(v)
     hd, hd_excluded, records, areas = [], 0, [], []
     px_area = float(np.prod(spacing)) if spacing else 1.0
-    for p, s in zip(preds, samples, strict=False):
+    for p, s in zip(preds, samples, strict=True):
         pb, tb = p > 0, s.mask > 0
         if pb.any() and tb.any():
             hd.append(M.hd95(pb, tb, spacing))
@@ -102,7 +102,7 @@ def evaluate_detection(
     has_lesion = np.array([s.has_lesion for s in samples])
     small = small_area_px(_spacing(samples))
     fps = []
-    for (b, s, _), (tb, _) in zip(agnostic, targets, strict=False):
+    for (b, s, _), (tb, _) in zip(agnostic, targets, strict=True):
         kept = np.asarray(b).reshape(-1, 4)[np.asarray(s) >= theta]
         ious = M.box_iou(kept, tb)
         fps.append(int((ious.max(1) < 0.5).sum()) if ious.shape[1] else len(kept))

@@ -184,7 +184,7 @@ def average_precision(
     for c in classes:
         scores, tps = [], []
         n_gt = 0
-        for (pb, ps, pl), (tb, tl) in zip(predictions, targets, strict=False):
+        for (pb, ps, pl), (tb, tl) in zip(predictions, targets, strict=True):
             pb, ps, pl = np.asarray(pb).reshape(-1, 4), np.asarray(ps).reshape(-1), np.asarray(pl).reshape(-1)
             tb, tl = np.asarray(tb).reshape(-1, 4), np.asarray(tl).reshape(-1)
             gt = tb[tl == c]
@@ -220,7 +220,7 @@ def box_sensitivity(
 ) -> float:
     """Fraction of reference boxes matched (IoU >= threshold) by a box scoring >= θ."""
     found = []
-    for (pb, ps, _), (tb, _) in zip(predictions, targets, strict=False):
+    for (pb, ps, _), (tb, _) in zip(predictions, targets, strict=True):
         tb = np.asarray(tb).reshape(-1, 4)
         pb = np.asarray(pb).reshape(-1, 4)[np.asarray(ps) >= theta]
         ious = box_iou(tb, pb)

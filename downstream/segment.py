@@ -102,7 +102,7 @@ class UNet(nn.Module):
             x = enc(x if i == 0 else F.max_pool2d(x, 2))
             skips.append(x)
         x = skips.pop()
-        for j, (up, dec) in enumerate(zip(self.ups, self.decoders, strict=False)):
+        for j, (up, dec) in enumerate(zip(self.ups, self.decoders, strict=True)):
             x = up(x)
             skip = skips.pop()
             if self.gates is not None:

@@ -59,11 +59,11 @@ def summarise_paired(
     higher_is_better: bool = True,
 ) -> dict[str, Any]:
     """Mean difference to the baseline with its bootstrap CI, paired test and a verdict."""
-    pairs = [(v, b) for v, b in zip(values, baseline, strict=False) if np.isfinite(v) and np.isfinite(b)]
+    pairs = [(v, b) for v, b in zip(values, baseline, strict=True) if np.isfinite(v) and np.isfinite(b)]
     if not pairs:
         return {"n": 0, "mean_diff": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
                 "p_value": float("nan"), "test": "no paired values", "verdict": "not measurable"}
-    v, b = map(np.asarray, zip(*pairs, strict=False))
+    v, b = map(np.asarray, zip(*pairs, strict=True))
     d = v - b
     lo, hi = bootstrap_ci(d, alpha=alpha, seed=seed)
     test = paired_test(v, b)

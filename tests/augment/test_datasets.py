@@ -93,7 +93,7 @@ def test_mixed_dataset_live_generator_is_worker_independent(real_dir):
     loader0 = DataLoader(mixed, batch_size=4, num_workers=0, collate_fn=Collate(Window(40, 200)))
     loader2 = DataLoader(mixed, batch_size=4, num_workers=2, collate_fn=Collate(Window(40, 200)))
     a, b = list(loader0), list(loader2)
-    for x, y in zip(a, b, strict=False):
+    for x, y in zip(a, b, strict=True):
         assert torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"])
     synth = torch.cat([x["synthetic"] for x in a])
     assert synth.any() and not synth.all()

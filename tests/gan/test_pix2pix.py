@@ -293,10 +293,10 @@ def test_synthesize_is_deterministic_and_changes_no_state(model, data):
     a = model.sample(3, seed=7, conditions=data)
     b = model.sample(3, seed=7, conditions=data)
     c = model.sample(3, seed=8, conditions=data)
-    for x, y in zip(a, b, strict=False):
+    for x, y in zip(a, b, strict=True):
         assert np.array_equal(x.image, y.image) and np.array_equal(x.mask, y.mask)
         assert x.meta == y.meta
-    assert any(not np.array_equal(x.mask, y.mask) for x, y in zip(a, c, strict=False))
+    assert any(not np.array_equal(x.mask, y.mask) for x, y in zip(a, c, strict=True))
     assert model.training  # restored after sampling
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
@@ -323,14 +323,14 @@ def test_save_load_round_trip(model, data, tmp_path):
     np.testing.assert_array_equal(loaded.mask_bank.masks, model.mask_bank.masks)
     a = model.sample(3, seed=11, conditions=data)
     b = loaded.sample(3, seed=11, conditions=data)
-    for x, y in zip(a, b, strict=False):
+    for x, y in zip(a, b, strict=True):
         assert np.array_equal(x.image, y.image) and np.array_equal(x.mask, y.mask)
 
 
 def test_reconstruct_repaints_own_lesions_and_keeps_labels(model, data):
     picked = [s for s in data if s.has_lesion][:3] + [next(s for s in data if not s.has_lesion)]
     out = model.reconstruct(picked)
-    for s, r in zip(picked, out, strict=False):
+    for s, r in zip(picked, out, strict=True):
         assert r.id == s.id and r.meta["reconstruction"] is True
         np.testing.assert_array_equal(r.mask, s.mask)
         np.testing.assert_array_equal(r.boxes, s.boxes)
@@ -347,7 +347,7 @@ def test_training_learns_blood_like_lesions(data):
     m.prepare(data)
     train(m, 400, batch_size=4)
     lesioned = [x for x in data if x.has_lesion]
-    for s, r in zip(lesioned, m.reconstruct(lesioned), strict=False):
+    for s, r in zip(lesioned, m.reconstruct(lesioned), strict=True):
         lesion = r.mask > 0
         ring = dilate(lesion, 3) & ~lesion & (s.image > 0) & (s.image < 60)
         if lesion.sum() >= 10 and ring.any():
