@@ -52,7 +52,7 @@ from augment.sample import (
 from augment.window import DISPLAY_WINDOW, MODEL_WINDOW, WINDOWS, Window
 from gan import quality as q
 from gan.base import GanModule, read_checkpoint, resolve_device
-from gan.preservation import lesion_preservation, summarise_preservation
+from gan.preservation import lesion_hu_range, lesion_preservation, summarise_preservation
 from gan.synthesize import chunk_seed
 from gan.train_data import data_fingerprint, load_samples
 
@@ -181,7 +181,8 @@ def paired_quality(
                     }
                 )
             before_truth = [
-                lesion_preservation(t, y) for (_, t), y in zip(pairs, translated, strict=True)
+                lesion_preservation(t, y, hu_range=lesion_hu_range(module.data_info.get("kind")))
+                for (_, t), y in zip(pairs, translated, strict=True)
             ]
             summary["preservation_vs_true"] = summarise_preservation(before_truth)
             summary["ssim_untranslated"], _ = _mean_std([r["ssim_untranslated"] for r in rows])
@@ -475,7 +476,7 @@ def evaluate_generator(
         hosts = [(by_id.get(s.meta.get("host_id")), s) for s in synthetic]
         result["preservation"] = summarise_preservation(
             [
-                lesion_preservation(h, s)
+                lesion_preservation(h, s, hu_range=lesion_hu_range(module.data_info.get("kind")))
                 for h, s in hosts
                 if h is not None and h.image.shape == s.image.shape
             ]

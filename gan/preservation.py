@@ -20,6 +20,18 @@ from augment.sample import Sample
 
 # Acute blood on non-contrast CT (hand-checked against the phantom's 50-90 HU bleeds).
 BLOOD_HU_RANGE = (50.0, 90.0)
+# The HU that define "the lesion" by intensity, per anatomy: acute blood on head CT;
+# hypodense liver tumours in the portal venous phase (40-80 HU against 100-130 HU liver,
+# as the phantom renders them, `augment.phantom_liver`).
+LESION_HU_RANGE = {"head-ich": BLOOD_HU_RANGE, "liver": (40.0, 80.0)}
+# A ratio of contrasts is only meaningful when there was contrast to keep: below this
+# mean |lesion - ring| HU before translation (about the phantom's noise std), it is NaN.
+MIN_CONTRAST_HU = 5.0
+
+
+def lesion_hu_range(kind: str | None) -> tuple[float, float]:
+    """`LESION_HU_RANGE` of an anatomy kind (blood when the kind is unknown)."""
+    return LESION_HU_RANGE.get(kind or "", BLOOD_HU_RANGE)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -121,7 +133,8 @@ def summarise_preservation(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ``mean_hu_diff``, ``abs_mean_hu_diff``, ``contrast_before``, ``contrast_after``,
         ``contrast_diff``, ``dice_hu`` a dict ``mean/std/median/min/max/n`` over the
         finite values (std with ddof=1); plus ``contrast_retained`` = mean contrast
-        after / mean contrast before (1 = fully kept, 0 = lesion erased).
+        after / mean contrast before (1 = fully kept, 0 = lesion erased; NaN when the
+        lesions had less than `MIN_CONTRAST_HU` of mean contrast to begin with).
     """
     with_lesion = [r for r in results if r["n_lesion_px"] > 0]
     out: dict[str, Any] = {
@@ -134,6 +147,6 @@ def summarise_preservation(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["abs_mean_hu_diff"] = _stats([abs(r["mean_hu_diff"]) for r in with_lesion])
     before, after = out["contrast_before"]["mean"], out["contrast_after"]["mean"]
     out["contrast_retained"] = (
-        after / before if np.isfinite(before) and before != 0 else float("nan")
+        after / before if np.isfinite(before) and abs(before) >= MIN_CONTRAST_HU else float("nan")
     )
     return out

@@ -341,3 +341,17 @@ def test_preservation_summary():
     assert summary["abs_mean_hu_diff"]["mean"] == pytest.approx(20.0)  # |0| and |-40|
     with pytest.raises(DataError, match="shape"):
         lesion_preservation(s, Sample(image=np.zeros((16, 16)), mask=np.zeros((16, 16))))
+
+
+def test_contrast_retained_needs_contrast_and_hu_range_follows_anatomy():
+    from gan.preservation import MIN_CONTRAST_HU, lesion_hu_range
+
+    faint = _lesion_slice(30.0 + MIN_CONTRAST_HU / 2)  # 2.5 HU above its surroundings
+    bright = dataclasses.replace(faint, image=_lesion_slice(70.0).image)
+    # Before: contrast 2.5 HU; after: 40 HU. A ratio of 16 would be noise, not "kept 16x".
+    summary = summarise_preservation([lesion_preservation(faint, bright)])
+    assert np.isnan(summary["contrast_retained"])
+    kept = summarise_preservation([lesion_preservation(bright, faint)])
+    assert kept["contrast_retained"] == pytest.approx(2.5 / 40.0)
+    assert lesion_hu_range("liver") == (40.0, 80.0) and lesion_hu_range("head-ich") == (50.0, 90.0)
+    assert lesion_hu_range(None) == (50.0, 90.0)
