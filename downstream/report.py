@@ -263,7 +263,7 @@ def _generator_section(gen_quality: list[dict[str, Any]], out: Path) -> list[Blo
         fid = qs[0].get("fid_status", "")
         rows.append([g, col("ssim"), col("psnr"), col("fid") if "unavailable" not in fid else "unavailable",
                      col("kid") if "unavailable" not in fid else "unavailable",
-                     col("memorisation.max_ssim"), col("memorisation.fraction_copies"),
+                     col("memorisation.max_ssim"), col("memorisation.fraction_above_threshold"),
                      col("train_seconds")])
     blocks.append(Block("table", header=["generator", "SSIM", "PSNR (dB)", "FID", "KID", "max SSIM to training",
                                          "copies fraction", "train s"], rows=rows))
@@ -272,7 +272,7 @@ def _generator_section(gen_quality: list[dict[str, Any]], out: Path) -> list[Blo
         blocks.append(Block("p", s))
     for q in gen_quality:
         if q.get("data_range") is not None:
-            blocks.append(Block("p", f"SSIM/PSNR data range: {q['data_range']} HU ({q.get('ssim_on', '')})."))
+            blocks.append(Block("p", f"SSIM/PSNR data range: {q['data_range']} HU ({q.get('ssim_what', '')})."))
             break
     for g, qs in sorted(by.items()):
         for key, title in (("grid_png", "synthetic vs real"), ("memorisation_png", "closest training slices")):

@@ -202,7 +202,6 @@ def paired_quality(
         summary["n_identical"] = sum(math.isinf(r["psnr"]) for r in rows)
     else:
         summary["data_range"] = summary["hu_range"] = None  # nothing was compared
-    summary["ssim_on"] = summary["ssim_what"]  # the name downstream/report.py reads
     return summary, rows
 
 
@@ -289,7 +288,6 @@ def memorisation(
         empty = "training lesions" if len(refs) == 0 else "generated lesions"
         base.update(
             q.summarise_nearest(np.zeros(0), threshold),
-            fraction_copies=None,
             reason=f"no {empty} to compare",
         )
         none = np.zeros(0)
@@ -302,7 +300,7 @@ def memorisation(
         }
     near = q.nearest_by_ssim(queries, refs, top_k=top_k, exclude=exclude, feature_side=PIXEL_SIDE)
     summary = q.summarise_nearest(near["ssim"], threshold)
-    base.update(summary, fraction_copies=summary["fraction_above_threshold"])
+    base.update(summary)
     finite = near["pixel_rms"][np.isfinite(near["pixel_rms"])]
     base["median_pixel_rms"] = float(np.median(finite)) if finite.size else None
     held = np.zeros(0)
@@ -446,7 +444,7 @@ def evaluate_generator(
         patch_px: side of the lesion patches of the memorisation audit.
 
     Returns:
-        ``ssim``, ``psnr`` (+ ``_std``, ``n_pairs``, ``ssim_what``/``ssim_on``,
+        ``ssim``, ``psnr`` (+ ``_std``, ``n_pairs``, ``ssim_what``,
         ``ssim_reason`` when None, ``data_range``, ``hu_range``); ``fid``, ``kid``,
         ``kid_std``, ``fid_status``; ``feature_distance_name``/``feature_distance``;
         ``memorisation`` (median/p95/max nearest SSIM, ``fraction_above_threshold``,

@@ -85,6 +85,11 @@ def test_report_has_every_section_with_numbers_from_the_runs(compared):
     dice = none["metrics"]["dice"]
     assert f"{dice:.3f}" in text  # the table shows the run's own number
     assert "FID" in text and "unavailable" in text  # no Inception weights here: said plainly
+    # The generator table reads the quality results' own keys: no cell of pix2pix's
+    # memorisation columns is empty.
+    row = next(line for line in text.splitlines() if line.startswith("| pix2pix |") and "unavailable" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5] != "–" and cells[6] != "–", row  # max SSIM to training, copies fraction
 
 
 def test_cached_rerun_recomputes_nothing(compared, monkeypatch):
