@@ -92,9 +92,10 @@ class TrainConfig:
         channels_last: NHWC memory format for weights and batches. Off by default: per
             layer on the 2-core AVX2 development machine it ranged from 0.65x to 1.15x
             the speed of NCHW, with no net gain for a step; try it on GPUs.
-        small_map_gemm: on CPU, convolutions whose output map is at most 4x4 pixels run
-            as one matrix product (`gan.networks.small_maps`; same arithmetic, faster
-            backward for DCGAN's and pix2pix's deepest layers). No effect on GPUs.
+        small_map_gemm: on CPU, convolutions whose output map is at most 4x4 pixels
+            (8x8 for transposed ones) run as one matrix product
+            (`gan.networks.small_maps`; same arithmetic, faster for DCGAN's and
+            pix2pix's deepest layers). No effect on GPUs.
         progress: a tqdm bar with rate, ETA and the latest losses.
     """
 

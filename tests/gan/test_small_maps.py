@@ -51,25 +51,29 @@ def test_conv_transpose2d_gemm_matches_conv_transpose2d(shape, k, stride, pad):
 def test_patched_network_keeps_outputs_state_dict_and_spectral_norm(monkeypatch):
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.utils.parametrizations.spectral_norm(nn.Conv2d(2, 8, 4, 2, 1)),  # 16 -> 8: too big, default path
+        nn.utils.parametrizations.spectral_norm(nn.Conv2d(2, 8, 4, 2, 1)),  # 32 -> 16: default path
         nn.LeakyReLU(0.2),
+        nn.Conv2d(8, 8, 4, 2, 1, bias=False),  # 16 -> 8: too big for a convolution
         nn.Conv2d(8, 16, 4, 2, 1, bias=False),  # 8 -> 4: matrix product
-        nn.ConvTranspose2d(16, 4, 4, 2, 1),  # 4 -> 8: default path (64 px)
+        nn.ConvTranspose2d(16, 4, 4, 2, 1),  # 4 -> 8: transposed, up to 8x8 takes the matrix product
+        nn.ConvTranspose2d(4, 4, 4, 2, 1),  # 8 -> 16: default path
         nn.Conv2d(4, 4, 3, padding=1, groups=2),  # grouped: never switched
     ).eval()
-    x = torch.randn(3, 2, 16, 16)
+    x = torch.randn(3, 2, 32, 32)
     keys = list(net.state_dict())
     with torch.no_grad():
         ref = net(x)
-    assert use_gemm_for_small_maps(net) == 3  # grouped conv left alone
+    assert use_gemm_for_small_maps(net) == 5  # grouped conv left alone
     assert list(net.state_dict()) == keys
     calls = []
     import gan.networks.small_maps as sm
 
-    real = sm.conv2d_gemm
-    monkeypatch.setattr(sm, "conv2d_gemm", lambda *a: calls.append(a[0].shape) or real(*a))
+    real, real_t = sm.conv2d_gemm, sm.conv_transpose2d_gemm
+    monkeypatch.setattr(sm, "conv2d_gemm", lambda *a: calls.append(("conv", a[0].shape)) or real(*a))
+    monkeypatch.setattr(sm, "conv_transpose2d_gemm", lambda *a: calls.append(("up", a[0].shape)) or real_t(*a))
     with torch.no_grad():
         got = net(x)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-    assert calls == [torch.Size([3, 8, 8, 8])]  # only the 8x8 -> 4x4 layer took the new path
-    assert use_gemm_for_small_maps(net) == 3  # idempotent
+    # only the 8x8 -> 4x4 convolution and the 4x4 -> 8x8 transposed one took the new path
+    assert calls == [("conv", torch.Size([3, 8, 8, 8])), ("up", torch.Size([3, 16, 4, 4]))]
+    assert use_gemm_for_small_maps(net) == 5  # idempotent
