@@ -31,6 +31,13 @@ AIR_BODY_HU = -500.0
 ANATOMY_KINDS = ("head-ich", "liver")
 
 
+def check_anatomy(kind: str, where: str) -> str:
+    """``kind`` if it is a known anatomy, else a ConfigError naming ``where`` it came from."""
+    if kind not in ANATOMY_KINDS:
+        raise ConfigError(f"{where}: unknown anatomy {kind!r}; use one of {', '.join(ANATOMY_KINDS)}")
+    return kind
+
+
 def _radius(image: np.ndarray, mm: float, px_at_128: float, spacing: Sequence[float] | None) -> int:
     """A structuring-element radius: ``mm`` when spacing is known, else scaled pixels."""
     if spacing is not None:
@@ -92,8 +99,10 @@ def allowed_region(
     return _liver(image, spacing)
 
 
-CSF_HU = 20.0  # below this (smoothed), brain-interior pixels are CSF (partial volume at 64 px
-# lifts 5-10 HU ventricles to 15-20 HU; parenchyma lies at 25-35 HU)
+# Below this (smoothed), brain-interior pixels are CSF: partial volume at 64 px lifts
+# 5-10 HU ventricles to 15-20 HU; parenchyma lies at 25-35 HU.
+CSF_HU = 20.0
+
 # Where the centre of a new lesion of each ICH subtype belongs (`lesion_regions` names).
 # EDH/SDH lie on the inner table, SAH in the surface sulci, IVH in a ventricle, IPH in
 # the parenchyma; unknown class names may go anywhere in the brain.

@@ -27,7 +27,7 @@ from PIL import Image
 from skimage.transform import resize
 from tqdm import tqdm
 
-from augment.anatomy import ANATOMY_KINDS
+from augment.anatomy import check_anatomy
 from augment.errors import ConfigError, DataError
 from augment.io_boxes import export_boxes, read_coco, read_voc, write_coco, write_voc
 from augment.io_volumes import (
@@ -369,8 +369,8 @@ def import_dataset(
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 2):
         raise ConfigError(f"size must be an integer >= 2, got {size!r}")
     label_map = LabelMap.from_spec(lesion_labels)
-    if anatomy is not None and anatomy not in ANATOMY_KINDS:
-        raise ConfigError(f"unknown anatomy {anatomy!r}; use one of {', '.join(ANATOMY_KINDS)}")
+    if anatomy is not None:
+        check_anatomy(anatomy, "import")
     if not src.is_dir():
         raise DataError(f"{src}: {'not a folder' if src.exists() else 'does not exist'}")
     if out.resolve().is_relative_to(src.resolve()):

@@ -25,9 +25,9 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from augment.anatomy import ANATOMY_KINDS
+from augment.anatomy import check_anatomy
 from augment.datasets import SliceDataset
-from augment.errors import ConfigError, DataError
+from augment.errors import DataError
 from augment.sample import (
     Sample,
     budget_patients,
@@ -64,9 +64,7 @@ def prepare_data(exp: Experiment, root: Path) -> tuple[SliceDataset, SliceDatase
         source = SliceDataset(d.folder)
         target = SliceDataset(d.target_folder) if d.target_folder else None
         if d.anatomy:
-            if d.anatomy not in ANATOMY_KINDS:
-                raise ConfigError(f"data.anatomy: unknown anatomy {d.anatomy!r}; use one of "
-                                  f"{', '.join(ANATOMY_KINDS)}")
+            check_anatomy(d.anatomy, "data.anatomy")
             for ds in (source, target):
                 if ds is not None:
                     ds.info["anatomy"] = d.anatomy  # read by gan.train_data.anatomy_kind

@@ -90,6 +90,11 @@ def test_imported_folder_without_anatomy_is_a_clear_error(imported, tmp_path):
         run_compare(experiment(bare), out=tmp_path / "c", progress=False)
     with pytest.raises(ConfigError, match="unknown anatomy"):
         run_compare(experiment(bare, anatomy="lung"), out=tmp_path / "c2", progress=False)
+    from augment.io import import_dataset
+
+    with pytest.raises(ConfigError, match="import: unknown anatomy 'lung'"):
+        import_dataset(root / "src", tmp_path / "lung", anatomy="lung")
+    assert not (tmp_path / "lung").exists()
 
 
 def test_gan_train_on_a_folder_without_anatomy_is_one_line(imported, tmp_path, capsys):
