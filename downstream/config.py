@@ -45,22 +45,40 @@ class SplitSpec:
 
 
 @dataclass(frozen=True)
-class SegmentSpec:
-    arch: str = "unet"  # "unet" | "attention-unet"
-    base: int = 16
-    depth: int = 3
+class RecipeSpec:
+    """The training recipe both tasks share (`downstream.recipe`)."""
+
     steps: int = 300
     batch_size: int = 8
-    lr: float = 1e-3  # Adam, as in the seed paper
+    lr: float = 1e-3
+    optimizer: str = "adam"  # "adam" | "sgd" (nnU-Net's Nesterov SGD)
+    schedule: str = "poly"  # "poly" (nnU-Net) | "constant"
+    patch: int | None = None  # training patch side in px (None: whole slices)
+    fg_fraction: float = 0.33  # patches centred on a lesion (nnU-Net: one third)
+    val_every: int = 50  # steps between validation scores (best checkpoint kept)
     window: str = "head-model"
 
 
 @dataclass(frozen=True)
-class DetectSpec:
-    backbone: str = "mobilenet_v3_large"
-    steps: int = 200
-    batch_size: int = 8
-    lr: float = 1e-4
+class SegmentSpec(RecipeSpec):
+    arch: str = "unet"  # "unet" | "attention-unet"
+    base: int = 16
+    depth: int = 3
+
+
+@dataclass(frozen=True)
+class DetectSpec(RecipeSpec):
+    # "unet": the segmenter's U-Net as feature pyramid with an auxiliary segmentation loss
+    # (Retina U-Net); "mobilenet_v3_large" | "resnet50": torchvision's FPN backbones.
+    backbone: str = "unet"
+    # unet backbone: start from the segmenter trained in the same run ("segmenter"; the
+    # architecture is then tasks.segment's) or from random weights ("scratch").
+    init: str = "segmenter"
+    aux_weight: float = 1.0  # weight of the unet backbone's segmentation loss
+    backbone_weights: str | None = None  # "imagenet" or a state-dict path; None: from scratch
+    arch: str = "attention-unet"  # unet backbone from scratch: its architecture
+    base: int = 8
+    depth: int = 3
     cost_sensitive: bool = True
     alpha: float = 2.0
     max_ratio: float = 3.0
@@ -68,7 +86,6 @@ class DetectSpec:
     kmeans_anchors: bool = True
     representation_size: int = 1024  # box head width (torchvision's default)
     box_batch_size_per_image: int = 64  # RoIs per slice for the box head (downstream.detect)
-    window: str = "head-model"
 
 
 @dataclass(frozen=True)
@@ -104,10 +121,27 @@ class Experiment:
     strategies: tuple[Strategy, ...]
     quality: dict[str, Any] = field(default_factory=dict)  # fid_weights, n
     out: str = "out/compare"
+    # Also train the baselines (strategies without generators: none, classical) on every
+    # training patient: the full-data ceiling each gain is measured against.
+    ceiling: bool = True
     source: str = ""  # the YAML file it came from
 
     def as_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+def _int_list(v: Any, where: str, *, low: int) -> tuple[int, ...]:
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        raise ConfigError(f"{where}: expected a list of integers, got {v!r}")
+    if any(x < low for x in v):
+        raise ConfigError(f"{where}: values must be >= {low}, got {list(v)}")
+    return tuple(v)
+
+
+def _bool(v: Any, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{where}: expected true or false, got {v!r}")
+    return v
 
 
 def _build(cls: type, values: Any, where: str) -> Any:
@@ -130,6 +164,34 @@ def _build(cls: type, values: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {e}") from None
 
 
+DETECT_BACKBONES = ("unet", "mobilenet_v3_large", "resnet50")
+
+
+def _check_recipe(spec: RecipeSpec, where: str) -> None:
+    """Types and ranges of a task's training recipe, checked before any work starts."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{where}: {what}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    need(is_int(spec.steps) and spec.steps >= 1, f"steps must be an integer >= 1, got {spec.steps!r}")
+    need(is_int(spec.batch_size) and spec.batch_size >= 1,
+         f"batch_size must be an integer >= 1, got {spec.batch_size!r}")
+    need(isinstance(spec.lr, (int, float)) and not isinstance(spec.lr, bool) and spec.lr > 0,
+         f"lr must be a number > 0, got {spec.lr!r}")
+    need(spec.optimizer in ("adam", "sgd"), f"optimizer must be adam or sgd, got {spec.optimizer!r}")
+    need(spec.schedule in ("poly", "constant"), f"schedule must be poly or constant, got {spec.schedule!r}")
+    need(spec.patch is None or (is_int(spec.patch) and spec.patch >= 8),
+         f"patch must be null or an integer >= 8 (px), got {spec.patch!r}")
+    need(isinstance(spec.fg_fraction, (int, float)) and 0 <= spec.fg_fraction <= 1,
+         f"fg_fraction must be in [0, 1], got {spec.fg_fraction!r}")
+    need(is_int(spec.val_every) and spec.val_every >= 1, f"val_every must be an integer >= 1, got {spec.val_every!r}")
+    arch = getattr(spec, "arch", "unet")
+    need(arch in ("unet", "attention-unet"), f"arch must be unet or attention-unet, got {arch!r}")
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Parse and validate an experiment YAML."""
     path = Path(path)
@@ -145,7 +207,8 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experiment:
-    known = {"name", "data", "split", "budgets", "seeds", "tasks", "generators", "strategies", "quality", "out"}
+    known = {"name", "data", "split", "budgets", "seeds", "tasks", "generators", "strategies", "quality", "out",
+             "ceiling"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(unknown)}")
@@ -164,6 +227,17 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
         if name not in TASKS:
             raise ConfigError(f"{where}: unknown task {name!r}; known: {', '.join(TASKS)}")
         tasks[name] = _build(SegmentSpec if name == "segment" else DetectSpec, spec, f"{where}: tasks.{name}")
+    for name, spec in tasks.items():
+        _check_recipe(spec, f"{where}: tasks.{name}")
+    det = tasks.get("detect")
+    if det is not None:
+        if det.backbone not in DETECT_BACKBONES:
+            raise ConfigError(f"{where}: tasks.detect.backbone must be one of {', '.join(DETECT_BACKBONES)}")
+        if det.init not in ("segmenter", "scratch"):
+            raise ConfigError(f"{where}: tasks.detect.init must be segmenter or scratch, got {det.init!r}")
+        if det.init == "segmenter" and det.backbone == "unet" and "segment" not in tasks:
+            raise ConfigError(f"{where}: tasks.detect.init: segmenter needs a tasks.segment section "
+                              "(or set init: scratch)")
     generators = {
         name: _build(GeneratorSpec, spec, f"{where}: generators.{name}")
         for name, spec in (raw.get("generators") or {}).items()
@@ -184,8 +258,8 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
         raise ConfigError(f"{where}: strategies must include the baseline 'none'")
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: strategy names must be unique")
-    seeds = tuple(int(s) for s in raw.get("seeds") or (0,))
-    budgets = tuple(int(b) for b in raw.get("budgets") or ())
+    seeds = _int_list(raw.get("seeds") or [0], f"{where}: seeds", low=0)
+    budgets = _int_list(raw.get("budgets") or [], f"{where}: budgets", low=1)
     if not budgets:
         raise ConfigError(f"{where}: budgets (labelled patients per run) are required")
     return Experiment(
@@ -199,5 +273,6 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
         strategies=tuple(strategies),
         quality=dict(raw.get("quality") or {}),
         out=str(raw.get("out") or f"out/{raw.get('name', 'compare')}"),
+        ceiling=_bool(raw.get("ceiling", True), f"{where}: ceiling"),
         source=where,
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from augment.errors import ConfigError, LesionforgeError
 
@@ -71,6 +73,67 @@ class DetectorConfig:
     # quarter of the CPU step and most of the Adam update. A few lesion shapes need less.
     representation_size: int = 1024
     lr: float = 1e-3
+    # Pretrained backbone: "imagenet" (torchvision's weights, from the torch hub cache or
+    # torchvision's own download) or a path to a state dict; None = from scratch.
+    backbone_weights: str | None = None
+    # backbone "unet": the segmenter's architecture (`downstream.segment.UNet`) as the
+    # feature pyramid, with its segmentation head kept as an auxiliary loss.
+    seg_classes: int = 2
+    unet_base: int = 8
+    unet_depth: int = 3
+    unet_attention: bool = True
+    unet_levels: tuple[int, ...] = (1, 2)  # decoder levels (0 = full resolution) fed to the RPN
+
+
+def _imagenet_weights(cfg: DetectorConfig):
+    """torchvision's ImageNet weights enum when ``backbone_weights == "imagenet"``."""
+    if cfg.backbone_weights != "imagenet":
+        return None
+    from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights
+
+    weights = {"mobilenet_v3_large": MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+               "resnet50": ResNet50_Weights.IMAGENET1K_V1}.get(cfg.backbone)
+    if weights is None:
+        raise ConfigError(f"no ImageNet weights for detector backbone {cfg.backbone!r}")
+    from torch.hub import get_dir
+
+    cached = Path(get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.exists():
+        try:
+            weights.get_state_dict(progress=False)
+        except Exception as e:  # offline: torchvision's download fails
+            raise ConfigError(
+                f"ImageNet weights for {cfg.backbone} are not in the torch hub cache ({cached}) and could not be "
+                f"downloaded ({type(e).__name__}); download them on a machine with internet or set "
+                "backbone_weights to a local file") from None
+    return weights
+
+
+def _load_backbone_file(backbone: nn.Module, path: str) -> None:
+    """Load a backbone state dict (the backbone's own keys, or a whole detector's
+    ``backbone.*`` keys) with ``weights_only=True``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: backbone weights file not found")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"{p}: not a weights-only state dict ({type(e).__name__})") from None
+    if isinstance(state, dict) and any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    if isinstance(backbone, UNetBackbone) and not any(k.startswith("unet.") for k in state):
+        state = {f"unet.{k}": v for k, v in state.items()}
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if unexpected or len(missing) == len(backbone.state_dict()):
+        raise ConfigError(f"{p}: does not match the {type(backbone).__name__} backbone "
+                          f"({len(unexpected)} unexpected, {len(missing)} missing keys)")
+
+
+def load_segmenter_weights(model: FasterRCNN, state: dict[str, Tensor]) -> None:
+    """Start a unet-backbone detector from a trained `downstream.segment.UNet`'s weights."""
+    if not isinstance(model.backbone, UNetBackbone):
+        raise ConfigError("initialising from a segmenter needs backbone: unet")
+    model.backbone.unet.load_state_dict(state)
 
 
 def kmeans_anchors(
@@ -165,12 +228,116 @@ class CostSensitiveRPN(RegionProposalNetwork):
         return (weights * bce).mean(), box_loss
 
 
+class UNetBackbone(nn.Module):
+    """A U-Net (`downstream.segment.UNet`) as Faster R-CNN's feature pyramid: the
+    decoder's outputs at strides 1, 2, 4 ... are its top-down pathway, each mapped to
+    ``out_channels`` by a 1x1 lateral convolution (as in an FPN).
+
+    This is the Retina U-Net arrangement (Jaeger et al. 2019), which nnDetection uses to
+    train detectors from scratch on few medical images: the segmentation head stays on
+    and its Dice + CE loss on the lesion masks (`aux_segmentation_loss`) gives every
+    pixel a training signal, where the detection heads see a few boxes per slice. Its
+    weights can start from a segmenter trained on the same data
+    (`load_segmenter_weights`).
+
+    Input: the 1-channel model-input image in [-1, 1] (the transform's mean/std undo the
+    [0, 1] mapping of `to_detection_inputs`).
+    """
+
+    def __init__(self, n_classes: int, base: int, depth: int, attention: bool, out_channels: int = 32,
+                 levels: tuple[int, ...] = (1, 2)) -> None:
+        super().__init__()
+        from downstream.segment import UNet
+
+        self.unet = UNet(1, n_classes, base=base, depth=depth, attention=attention)
+        self.levels = tuple(levels)  # decoder levels used, 0 = full resolution
+        if not self.levels or max(self.levels) > depth or min(self.levels) < 0:
+            raise ConfigError(f"unet backbone levels {levels} must lie in 0..{depth}")
+        chans = {depth - 1 - j: base * 2 ** (depth - 1 - j) for j in range(depth)}  # decoder outputs
+        chans[depth] = base * 2**depth  # the bottleneck
+        self.lateral = nn.ModuleDict({str(lv): nn.Conv2d(chans[lv], out_channels, 1) for lv in self.levels})
+        self.out_channels = out_channels
+        self.last_logits: Tensor | None = None
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        from collections import OrderedDict
+
+        u = self.unet
+        skips = []
+        for i, enc in enumerate(u.encoders):
+            x = enc(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        feats = {u.depth: x}
+        for j, (up, dec) in enumerate(zip(u.ups, u.decoders, strict=True)):
+            x = up(x)
+            skip = skips.pop()
+            if u.gates is not None:
+                skip, _ = u.gates[j](skip, x)
+            x = dec(torch.cat([skip, x], dim=1))
+            feats[u.depth - 1 - j] = x
+        self.last_logits = u.head(x)
+        return OrderedDict((str(lv), self.lateral[str(lv)](feats[lv])) for lv in self.levels)
+
+
+class _NoResize(GeneralizedRCNNTransform):
+    """torchvision's transform without its resize: a slice (or a training patch) enters
+    the network at its own size. torchvision scales every image to ``min_size``, which
+    would blow a 32 px training patch up to the slice size; CT pixels have a physical
+    size, so the model must see them at one scale."""
+
+    def __init__(self, t: GeneralizedRCNNTransform) -> None:
+        super().__init__(t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible,
+                         t.fixed_size)
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
+        return image, target
+
+
+def detection_loss(
+    model: FasterRCNN, batch: dict[str, Any], device: torch.device, *, aux_weight: float = 1.0
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """torchvision's detection losses, plus ``aux_weight`` × the segmentation head's
+    Dice + CE for a unet backbone (Retina U-Net's dense supervision)."""
+    images, targets = to_detection_inputs(batch, device, input_channels(model))
+    losses = model(images, targets)
+    loss = sum(losses.values())
+    parts = {k: v.detach() for k, v in losses.items()}
+    if aux_weight and isinstance(model.backbone, UNetBackbone):
+        aux, _ = aux_segmentation_loss(model, batch["mask"].to(device))
+        loss = loss + aux_weight * aux
+        parts["aux_segmentation"] = aux.detach()
+    return loss, parts
+
+
+def aux_segmentation_loss(model: FasterRCNN, masks: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Dice + CE of a `UNetBackbone`'s segmentation head on the batch's lesion masks
+    (call right after the model's forward pass on the same batch)."""
+    from downstream.segment import dice_ce_loss
+
+    logits = model.backbone.last_logits
+    if logits is None:
+        raise RuntimeError("aux_segmentation_loss needs a forward pass of a unet-backbone detector first")
+    h, w = masks.shape[-2:]
+    return dice_ce_loss(logits[..., :h, :w], masks)
+
+
 def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
-    """Faster R-CNN for 1-channel CT replicated to 3 channels, ``num_classes`` incl. background."""
-    if cfg.backbone.startswith("mobilenet"):
+    """Faster R-CNN for 1-channel CT (replicated to 3 channels for the torchvision
+    backbones), ``num_classes`` incl. background."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    roi_pool = None
+    mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    if cfg.backbone == "unet":
+        backbone = UNetBackbone(cfg.seg_classes, cfg.unet_base, cfg.unet_depth, cfg.unet_attention,
+                                levels=cfg.unet_levels)
+        roi_pool = MultiScaleRoIAlign([str(lv) for lv in cfg.unet_levels], output_size=7, sampling_ratio=2)
+        mean, std = [0.5], [0.5]  # [0, 1] -> [-1, 1], the segmenter's input range
+    elif cfg.backbone.startswith("mobilenet"):
         backbone = mobilenet_backbone(
             backbone_name=cfg.backbone,
-            weights=None,
+            weights=_imagenet_weights(cfg),
             fpn=True,
             norm_layer=nn.BatchNorm2d,
             trainable_layers=6,
@@ -178,11 +345,14 @@ def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
         )
     elif cfg.backbone == "resnet50":
         backbone = resnet_fpn_backbone(
-            backbone_name="resnet50", weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5
+            backbone_name="resnet50", weights=_imagenet_weights(cfg), norm_layer=nn.BatchNorm2d, trainable_layers=5
         )
     else:
-        raise ConfigError(f"unknown detector backbone {cfg.backbone!r} (mobilenet_v3_large, resnet50)")
-    n_maps = len(backbone(torch.zeros(1, 3, 64, 64)))
+        raise ConfigError(f"unknown detector backbone {cfg.backbone!r} (unet, mobilenet_v3_large, resnet50)")
+    if cfg.backbone_weights and cfg.backbone_weights != "imagenet":
+        _load_backbone_file(backbone, cfg.backbone_weights)
+    channels = 1 if cfg.backbone == "unet" else 3
+    n_maps = len(backbone(torch.zeros(1, channels, 64, 64)))
     anchors = AnchorGenerator(
         sizes=(tuple(cfg.anchor_sizes),) * n_maps, aspect_ratios=(tuple(cfg.aspect_ratios),) * n_maps
     )
@@ -193,8 +363,9 @@ def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
         box_predictor=FastRCNNPredictor(cfg.representation_size, num_classes),
         min_size=cfg.image_size,
         max_size=cfg.image_size,
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.25, 0.25, 0.25],
+        image_mean=mean,
+        image_std=std,
+        box_roi_pool=roi_pool,
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]),
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
@@ -206,6 +377,7 @@ def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
         box_detections_per_img=cfg.box_detections_per_img,
         box_score_thresh=cfg.box_score_thresh,
     )
+    model.transform = _NoResize(model.transform)
     if cfg.cost_sensitive:
         old = model.rpn
         model.rpn = CostSensitiveRPN(
@@ -224,9 +396,17 @@ def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
     return model
 
 
-def to_detection_inputs(batch: dict[str, Any], device: torch.device) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
-    """A `collate` batch ([-1, 1] images) -> torchvision's images in [0, 1] (3 channels) and targets."""
-    images = [((x + 1) / 2).expand(3, -1, -1).to(device) for x in batch["image"]]
+def input_channels(model: FasterRCNN) -> int:
+    """1 for a unet backbone (the segmenter's input), 3 for torchvision's backbones."""
+    return 1 if isinstance(model.backbone, UNetBackbone) else 3
+
+
+def to_detection_inputs(
+    batch: dict[str, Any], device: torch.device, channels: int = 3
+) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    """A `collate` batch ([-1, 1] images) -> torchvision's images in [0, 1] (``channels``
+    copies) and targets."""
+    images = [((x + 1) / 2).expand(channels, -1, -1).to(device) for x in batch["image"]]
     targets = [
         {"boxes": b.to(device).reshape(-1, 4), "labels": lab.to(device)}
         for b, lab in zip(batch["boxes"], batch["labels"], strict=True)
@@ -249,7 +429,7 @@ def train_one_epoch(
     for step, batch in enumerate(loader):
         if max_steps is not None and step >= max_steps:
             break
-        images, targets = to_detection_inputs(batch, device)
+        images, targets = to_detection_inputs(batch, device, input_channels(model))
         losses = model(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
@@ -276,7 +456,7 @@ def predict(
     model.eval()
     out = []
     for batch in loader:
-        images, _ = to_detection_inputs(batch, device)
+        images, _ = to_detection_inputs(batch, device, input_channels(model))
         for det in model(images):
             out.append(
                 (det["boxes"].cpu().numpy(), det["scores"].cpu().numpy(), det["labels"].cpu().numpy())

@@ -45,7 +45,8 @@ def evaluate_segmentation(
     for i, s in enumerate(samples):
         by_patient[s.patient_id].append(i)
     dices, ious, class_dice, lesion_free = [], [], defaultdict(list), 0
-    for idx in by_patient.values():
+    per_patient: dict[str, dict[str, float]] = {}
+    for pid, idx in by_patient.items():
         p = np.stack([preds[i] for i in idx])
         t = np.stack([samples[i].mask for i in idx])
         if not t.any():
@@ -56,6 +57,7 @@ def evaluate_segmentation(
         else:
             dices.append(M.any_lesion_dice(p, t))
             ious.append(M.iou(p > 0, t > 0))
+            per_patient[pid] = {"dice": dices[-1], "iou": ious[-1]}
         for c, v in M.per_class_dice(p, t, classes).items():
             class_dice[c].append(v)
     hd, hd_excluded, records, areas = [], 0, [], []
@@ -86,6 +88,7 @@ def evaluate_segmentation(
         "area_unit": "mm2" if spacing else "px",
         "n_patients": len(by_patient),
         "n_lesion_free_patients": lesion_free,
+        "per_patient": per_patient,  # patients with a lesion: the units of the paired statistics
     }
 
 
@@ -106,7 +109,19 @@ def evaluate_detection(
         kept = np.asarray(b).reshape(-1, 4)[np.asarray(s) >= theta]
         ious = M.box_iou(kept, tb)
         fps.append(int((ious.max(1) < 0.5).sum()) if ious.shape[1] else len(kept))
+    by_patient: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        by_patient[s.patient_id].append(i)
+    per_patient = {}
+    for pid, idx in by_patient.items():
+        if sum(len(targets[i][0]) for i in idx) == 0:
+            continue  # AP and sensitivity are undefined without a lesion (FPs count above)
+        a = [agnostic[i] for i in idx]
+        t = [targets[i] for i in idx]
+        per_patient[pid] = {"mAP50": M.average_precision(a, t, iou_threshold=0.5)["mAP"],
+                            "box_sensitivity": M.box_sensitivity(a, t, theta=theta)}
     return {
+        "per_patient": per_patient,
         "mAP50": M.average_precision(agnostic, targets, iou_threshold=0.5)["mAP"],
         "box_sensitivity": M.box_sensitivity(agnostic, targets, theta=theta),
         "small_box_sensitivity": M.box_sensitivity(agnostic, targets, theta=theta, max_area_px=small),

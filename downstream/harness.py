@@ -41,8 +41,9 @@ from downstream.config import Experiment, GeneratorSpec, load_experiment
 
 log = logging.getLogger(__name__)
 
-HARNESS_VERSION = 3  # bump when a change makes cached runs stale (3: U-Net prior head, Dice over
-# patients with a lesion, pix2pix subtype placement, small-map GEMM in generator training)
+HARNESS_VERSION = 4  # bump when a change makes cached runs stale (3: U-Net prior head, Dice over
+# patients with a lesion, pix2pix subtype placement, small-map GEMM in generator training; 4: the
+# patch/poly/validation recipe, per-patient metrics, unet-backbone detector from the segmenter)
 
 
 def config_hash(obj: Any) -> str:
@@ -217,7 +218,6 @@ def run_compare(
 ) -> Path:
     """Run every (budget, seed, task, strategy) of an experiment; returns the report path."""
     from downstream.report import write_report
-    from downstream.tasks import run_task
 
     exp = config if isinstance(config, Experiment) else load_experiment(config)
     if seed:
@@ -234,6 +234,8 @@ def run_compare(
     failures: list[dict[str, Any]] = []
     units = [(b, s) for b in exp.budgets for s in exp.seeds]
     n_runs = len(units) * len(exp.tasks) * len(exp.strategies)
+    if exp.ceiling and len(set(splits.train.patient_ids)) not in exp.budgets:
+        n_runs += len(exp.seeds) * len(exp.tasks) * len(_baselines(exp))
     bar = tqdm(total=n_runs, desc=f"compare {exp.name}", unit="run", disable=not progress)
     t_start = time.perf_counter()
     for budget, s in units:
@@ -262,30 +264,24 @@ def run_compare(
             splits.assert_unseen(f"{g} synthetic set", synthetic[g])
             gen_quality.append(generator_quality(g, ckpt, ginfo, labelled, splits, synthetic[g], exp,
                                                  budget=budget, seed=s, root=out / "quality", device=device))
-        for task, spec in exp.tasks.items():
-            for strategy in exp.strategies:
-                if any(g not in synthetic for g in strategy.generators):
-                    bar.update(1)  # its generator failed (reported), nothing to train
-                    continue
-                bar.set_postfix_str(f"{task} {strategy.name} (budget {budget}, seed {s})")
-                key = config_hash({"v": HARNESS_VERSION, "task": task, "spec": asdict(spec),
-                                   "strategy": asdict(strategy), "seed": s, "budget": budget,
-                                   "labelled": _fingerprint(labelled),
-                                   "synthetic": {g: _fingerprint(synthetic[g]) for g in strategy.generators},
-                                   "test": config_hash([x.id for x in splits.test_samples])})
-                cache = out / "cache" / f"{task}_{strategy.name}_{key}.json"
-                if cache.exists():
-                    row = json.loads(cache.read_text())
-                    row["cached"] = True
-                else:
-                    row = run_task(task, spec, strategy, labelled, [synthetic[g] for g in strategy.generators],
-                                   splits.test_samples, seed=s, device=device, classes=classes)
-                    row.update(task=task, strategy=strategy.name, budget=budget, seed=s, key=key,
-                               n_labelled_slices=len(labelled), n_labelled_patients=budget)
-                    write_json_atomic(cache, row)
-                    row["cached"] = False
-                rows.append(row)
-                bar.update(1)
+        for strategy in exp.strategies:
+            if any(g not in synthetic for g in strategy.generators):
+                bar.update(len(exp.tasks))  # its generator failed (reported), nothing to train
+                continue
+            rows += _strategy_runs(exp, strategy, budget, s, labelled, [synthetic[g] for g in strategy.generators],
+                                   splits, out=out, device=device, classes=classes, bar=bar)
+    if exp.ceiling:
+        # The full-data ceiling: the baselines trained on every training patient.
+        n_all = len(set(splits.train.patient_ids))
+        if n_all not in exp.budgets:
+            everyone = splits.train
+            splits.assert_unseen("ceiling training set", everyone)
+            for s in exp.seeds:
+                for strategy in _baselines(exp):
+                    for row in _strategy_runs(exp, strategy, n_all, s, everyone, [], splits, out=out,
+                                              device=device, classes=classes, bar=bar):
+                        row["ceiling"] = True
+                        rows.append(row)
     bar.close()
     results = out / "results.jsonl"
     write_bytes_atomic(results, "".join(json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in rows).encode())
@@ -293,6 +289,74 @@ def run_compare(
     write_json_atomic(out / "generator_failures.json", failures)
     return write_report(exp, rows, gen_quality, out, classes=classes, total_seconds=time.perf_counter() - t_start,
                         splits=splits, failures=failures)
+
+
+def _baselines(exp: Experiment):
+    """Strategies without synthetic data (none, classical): the ones the ceiling trains."""
+    return [st for st in exp.strategies if not st.generators]
+
+
+def _strategy_runs(
+    exp: Experiment, strategy, budget: int, seed: int, labelled: SliceDataset, synthetic: list[SliceDataset],
+    splits: Splits, *, out: Path, device: str, classes: dict[int, str], bar,
+) -> list[dict[str, Any]]:
+    """Every task of one (strategy, budget, seed), segment first: a unet-backbone detector
+    starts from the segmenter this same unit trained. Each run is cached under the hash of
+    everything that determines it."""
+    import torch
+
+    from downstream.tasks import run_task
+
+    rows = []
+    seg_state: tuple[Any, dict] | None = None
+    seg_key = None
+    base = {"v": HARNESS_VERSION, "strategy": asdict(strategy), "seed": seed, "budget": budget,
+            "labelled": _fingerprint(labelled), "synthetic": [_fingerprint(d) for d in synthetic],
+            "val": _fingerprint(splits.val), "test": config_hash([x.id for x in splits.test_samples])}
+    for task in sorted(exp.tasks, key=lambda t: t != "segment"):
+        spec = exp.tasks[task]
+        needs_seg = task == "detect" and spec.backbone == "unet" and spec.init == "segmenter"
+        bar.set_postfix_str(f"{task} {strategy.name} (budget {budget}, seed {seed})")
+        key = config_hash({**base, "task": task, "spec": asdict(spec), "init": seg_key if needs_seg else None})
+        cache = out / "cache" / f"{task}_{strategy.name}_{key}.json"
+        weights = cache.with_suffix(".pt")
+        keep_weights = task == "segment" and _detector_needs_segmenter(exp)
+        if cache.exists() and (weights.exists() or not keep_weights):
+            row = json.loads(cache.read_text())
+            row["cached"] = True
+            state = torch.load(weights, map_location="cpu", weights_only=True) if keep_weights else None
+        else:
+            if needs_seg and seg_state is None:
+                raise DataError("detect init: segmenter, but the segmenter of this run is missing")
+            row, state = run_task(task, spec, strategy, labelled, synthetic, splits.test_samples,
+                                  val_samples=splits.val.samples(), seed=seed, device=device, classes=classes,
+                                  segmenter=seg_state if needs_seg else None)
+            row.update(task=task, strategy=strategy.name, budget=budget, seed=seed, key=key,
+                       n_labelled_slices=len(labelled), n_labelled_patients=budget)
+            if keep_weights:
+                _save_state_atomic(weights, state)
+            write_json_atomic(cache, row)
+            row["cached"] = False
+        if task == "segment":
+            seg_state, seg_key = (spec, state), key
+        rows.append(row)
+        bar.update(1)
+    return rows
+
+
+def _detector_needs_segmenter(exp: Experiment) -> bool:
+    d = exp.tasks.get("detect")
+    return d is not None and d.backbone == "unet" and d.init == "segmenter"
+
+
+def _save_state_atomic(path: Path, state: dict[str, Any]) -> None:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def generator_quality(

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from augment.sample import write_bytes_atomic  # noqa: E402
-from downstream.stats import mean_sd, summarise_paired  # noqa: E402
+from downstream.stats import mean_sd  # noqa: E402
 
 PRIMARY = {"segment": ("dice", "Dice"), "detect": ("mAP50", "mAP@0.5")}
 SECONDARY = {
@@ -88,9 +88,10 @@ def write_report(
     blocks.append(Block("p", (
         f"Data: {data_desc}. Label budgets (labelled patients): {', '.join(map(str, budgets))}. "
         f"Seeds: {', '.join(map(str, exp.seeds))}. Strategies: {', '.join(s.name for s in exp.strategies)}. "
-        f"Differences are paired by (budget, seed) against `none`; 95% CIs are percentile bootstraps "
-        f"of the mean paired difference; p-values from a Wilcoxon signed-rank test (≥ 6 pairs) or a "
-        f"paired t-test (fewer).{test_desc} Total run time {total_seconds / 60:.1f} min "
+        f"Every model is trained with the same recipe (patches with foreground oversampling, poly "
+        f"learning rate, the checkpoint chosen on the validation split) and compared, paired by test "
+        f"patient, with `none` and with classical augmentation (see each task's difference table)."
+        f"{test_desc} Total run time {total_seconds / 60:.1f} min "
         f"({sum(r.get('cached', False) for r in rows)} of {len(rows)} runs read from cache).")))
     verdict_lines: list[str] = []
     for task in exp.tasks:
@@ -113,62 +114,104 @@ def write_report(
     return out / "report.md"
 
 
+def _per_patient(runs: list[tuple[int, dict[str, Any]]], key: str) -> dict[str, dict[int, float]]:
+    """{patient: {seed: metric}} from one strategy's runs at one budget."""
+    table: dict[str, dict[int, float]] = defaultdict(dict)
+    for seed, m in runs:
+        for pid, vals in (m.get("per_patient") or {}).items():
+            v = vals.get(key)
+            if isinstance(v, (int, float)):
+                table[pid][seed] = float(v)
+    return dict(table)
+
+
+def _mark(values: str, undertrained: int) -> str:
+    return values + (" †" if undertrained else "")
+
+
 def _task_section(task: str, rows: list[dict[str, Any]], exp, out: Path, verdicts: list[str]) -> list[Block]:
+    from downstream.stats import decide
+
     key, label = PRIMARY[task]
     blocks = [Block("h2", f"{'Segmentation' if task == 'segment' else 'Detection'}: {label}")]
     by = defaultdict(list)  # (strategy, budget) -> [(seed, metrics)]
+    under = defaultdict(int)  # (strategy, budget) -> runs still improving at their last step
+    ceiling_budget = None
     for r in rows:
         by[(r["strategy"], r["budget"])].append((r["seed"], r["metrics"]))
+        under[(r["strategy"], r["budget"])] += bool(r.get("undertrained"))
+        if r.get("ceiling"):
+            ceiling_budget = r["budget"]
     strategies = [s.name for s in exp.strategies]
     budgets = list(exp.budgets)
+    cols = budgets + ([ceiling_budget] if ceiling_budget is not None else [])
     header = ["strategy"] + [f"{b} patients" for b in budgets]
-    table = [[s] + [_pm([_get(m, key) for _, m in sorted(by[(s, b)])]) for b in budgets] for s in strategies]
-    blocks.append(Block("p", f"{label} on the test set, mean ± sd over {len(exp.seeds)} seeds."))
+    if ceiling_budget is not None:
+        header.append(f"ceiling: all {ceiling_budget} patients")
+
+    def cell(s: str, b: int) -> str:
+        if not by.get((s, b)):
+            return "–"
+        return _mark(_pm([_get(m, key) for _, m in sorted(by[(s, b)], key=lambda x: x[0])]), under[(s, b)])
+
+    table = [[s] + [cell(s, b) for b in cols] for s in strategies]
+    n_under = sum(under.values())
+    blocks.append(Block("p", f"{label} on the test set, mean ± sd over {len(exp.seeds)} seeds (each seed: the "
+                        "metric averaged over test patients with a lesion). † = at least one run was still "
+                        "improving on the validation split at its last step (undertrained): its numbers are not "
+                        "those of a trained model and it is not compared." + (
+                            f" {n_under} run(s) are marked." if n_under else " No run is marked.")))
     blocks.append(Block("table", header=header, rows=table))
-    # paired differences to none
+    ceiling_mean = (mean_sd([_get(m, key) for _, m in by[("none", ceiling_budget)]])[0]
+                    if ceiling_budget is not None else float("nan"))
     diff_rows = []
+    baselines = ["none"] + (["classical"] if "classical" in strategies else [])
     for b in budgets:
-        base = dict(by[("none", b)])
-        # When no model of any strategy learned anything, one sentence says so instead
-        # of a verdict per strategy comparing zeros.
         note = _nothing_learned(task, [m for (_, bb), runs in by.items() if bb == b for _, m in runs], label)
         if note:
             verdicts.append(f"At {b} patients {note}")
-        quiet = bool(note)
-        for s in strategies:
-            if s == "none":
+        none_mean = mean_sd([_get(m, key) for _, m in by[("none", b)]])[0]
+        gap = ceiling_mean - none_mean
+        for base in baselines:
+            candidates = [s for s in strategies if s not in ("none", base)]
+            family = [s for s in candidates if by.get((s, b))]
+            if base == "none":
+                for s in candidates:
+                    if s not in family:
+                        diff_rows.append([s, base, str(b), "–", "–", "–", "–", "–", "not run"])
+                        verdicts.append(f"{s} was not run at {b} patients (see 'Generators that failed').")
+            if not by.get((base, b)):
                 continue
-            cur = dict(by[(s, b)])
-            seeds = sorted(set(base) & set(cur))
-            if not seeds:
-                diff_rows.append([s, str(b), "–", "–", "–", "–", "not run"])
-                verdicts.append(f"{s} was not run at {b} patients (see 'Generators that failed').")
-                continue
-            summ = summarise_paired([_get(cur[x], key) for x in seeds], [_get(base[x], key) for x in seeds])
-            diff_rows.append([s, str(b), _fmt(summ["mean_diff"]), f"[{_fmt(summ['ci_low'])}, {_fmt(summ['ci_high'])}]",
-                              _p(summ["p_value"]), summ["test"], summ["verdict"]])
-            if quiet:
-                continue
-            if summ["verdict"] == "helps":
-                verdicts.append(f"**{s}** improves {task} {label} at {b} patients "
-                                f"(+{summ['mean_diff']:.3f}, p = {_p(summ['p_value'])}).")
-            elif summ["verdict"] == "hurts":
-                verdicts.append(f"**{s}** makes {task} {label} worse at {b} patients "
-                                f"({summ['mean_diff']:.3f}, p = {_p(summ['p_value'])}).")
-            elif summ["consistent"]:
-                direction = "better" if summ["better"] else "worse"
-                verdicts.append(f"{s} is {direction} than `none` for {task} {label} in all {summ['n']} paired "
-                                f"runs at {b} patients (difference {summ['mean_diff']:+.3f}, 95% CI "
-                                f"[{_fmt(summ['ci_low'])}, {_fmt(summ['ci_high'])}]), but with {summ['n']} pairs the "
-                                f"{summ['test']} is not significant (p = {_p(summ['p_value'])}): suggestive, not "
-                                f"yet evidence; more seeds would tell.")
-            else:
-                verdicts.append(f"{s} does not significantly change {task} {label} at {b} patients "
-                                f"(difference {_fmt(summ['mean_diff'])}, 95% CI [{_fmt(summ['ci_low'])}, "
-                                f"{_fmt(summ['ci_high'])}]): no evidence that it helps.")
-    blocks.append(Block("h3", f"Difference to `none` ({label})"))
-    blocks.append(Block("table", header=["strategy", "budget", "mean diff", "95% CI", "p", "test", "verdict"],
-                        rows=diff_rows))
+            blocked = {s for s in family + [base] if under[(s, b)]}
+            comps = decide({s: _per_patient(by[(s, b)], key) for s in family},
+                           _per_patient(by[(base, b)], key), higher_is_better=key not in LOWER_IS_BETTER) \
+                if family else {}
+            for s in family:
+                c = comps[s]
+                closes = (c["mean_diff"] / gap if base == "none" and math.isfinite(gap) and gap > 0.01
+                          else float("nan"))
+                verdict = c["verdict"]
+                if blocked & {s, base}:
+                    verdict = "not compared (undertrained †)"
+                diff_rows.append([s, base, str(b), _fmt(c["mean_diff"]),
+                                  f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}] ({100 * c['ci_level']:.4g} %)"
+                                  if math.isfinite(c.get("ci_level", float("nan"))) else "–",
+                                  _p(c["p_holm"]), str(c["n_patients"]),
+                                  "–" if not math.isfinite(closes) else f"{100 * closes:.0f} %", verdict])
+                if note:
+                    continue
+                verdicts.append(_verdict_sentence(task, label, s, base, b, c, verdict, blocked & {s, base}))
+    versus = " and to `classical`" if "classical" in strategies else ""
+    blocks.append(Block("h3", f"Difference to `none`{versus} ({label}), paired by test patient"))
+    blocks.append(Block("p", "Each test patient's metric (mean over seeds) under a strategy minus the same patient's "
+                        "under the baseline; p: exact sign-flip permutation test over patients, Holm-adjusted "
+                        "across the strategies compared with the same baseline at that budget; CI: hierarchical "
+                        "bootstrap (patients, then seeds) of the same difference, at the level of the strategy's "
+                        "Holm step. A verdict says 'helps' or 'hurts' only when the test rejects and the CI "
+                        "excludes 0 on the same side, so the two cannot disagree. 'gap closed': the gain over "
+                        "`none` as a fraction of the distance from `none` to the all-patients ceiling."))
+    blocks.append(Block("table", header=["strategy", "vs", "budget", "mean diff", "CI", "p (Holm)", "patients",
+                                         "gap closed", "verdict"], rows=diff_rows))
     # secondary metrics (largest budget)
     b = budgets[-1]
     sec = SECONDARY[task]
@@ -176,7 +219,8 @@ def _task_section(task: str, rows: list[dict[str, Any]], exp, out: Path, verdict
     blocks.append(Block("p", "Small lesions: equivalent diameter ≤ 10 mm (≤ 16 px when spacing is unknown). "
                         + ("HD95 in mm when the pixel spacing is known." if task == "segment"
                            else f"θ = {rows[0]['metrics'].get('theta', '?') if rows else '?'}: a slice is called "
-                                "'lesion present' when its best box scores ≥ θ.")))
+                                "'lesion present' when its best box scores ≥ θ. Backbone: "
+                                f"{rows[0]['metrics'].get('backbone', '?') if rows else '?'}.")))
     blocks.append(Block("table", header=["strategy"] + [lab for _, lab in sec],
                         rows=[[s] + [_pm([_get(m, k) for _, m in by[(s, b)]]) for k, _ in sec] for s in strategies]))
     if task == "segment":
@@ -186,11 +230,37 @@ def _task_section(task: str, rows: list[dict[str, Any]], exp, out: Path, verdict
             blocks.append(Block("table", header=["strategy"] + names, rows=[
                 [s] + [_pm([m.get("dice_per_class", {}).get(c, float("nan")) for _, m in by[(s, b)]]) for c in names]
                 for s in strategies]))
-    # curve
     png = out / "plots" / f"{task}_{key}_vs_budget.png"
-    _curve(png, strategies, budgets, by, key, label)
+    _curve(png, strategies, budgets, by, key, label, ceiling=(ceiling_budget, ceiling_mean))
     blocks.append(Block("img", text=str(png.relative_to(out)), header=[f"{label} vs label budget"]))
+    png = out / "plots" / f"{task}_validation_curves.png"
+    _val_curves(png, rows, label)
+    blocks.append(Block("img", text=str(png.relative_to(out)),
+                        header=[f"validation {label} during training (one line per run; the checkpoint kept is "
+                                "the best point)"]))
     return blocks
+
+
+def _verdict_sentence(task, label, s, base, b, c, verdict, blocked) -> str:
+    vs = "`none`" if base == "none" else "classical augmentation"
+    if blocked:
+        return (f"{s} vs {vs} at {b} patients: not compared, because {' and '.join(sorted(blocked))} had runs "
+                f"still improving at their last step (raise `tasks.{task}.steps`).")
+    ci = f"{100 * c['ci_level']:.4g} % CI [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]"
+    if verdict == "helps":
+        return (f"**{s}** improves {task} {label} over {vs} at {b} patients ({c['mean_diff']:+.3f}, {ci}, "
+                f"Holm p = {_p(c['p_holm'])}, {c['n_patients']} test patients).")
+    if verdict == "hurts":
+        return (f"**{s}** makes {task} {label} worse than {vs} at {b} patients ({c['mean_diff']:+.3f}, {ci}, "
+                f"Holm p = {_p(c['p_holm'])}).")
+    if verdict == "not measurable":
+        return f"{s} vs {vs} at {b} patients: not measurable ({c.get('reason', '')})."
+    extra = ""
+    if c.get("consistent"):
+        extra = (f"; it was {'better' if c['better'] else 'worse'} for every one of the {c['n_patients']} test "
+                 "patients, so more test patients may tell")
+    return (f"{s} shows no significant difference to {vs} for {task} {label} at {b} patients "
+            f"({c['mean_diff']:+.3f}, {ci}, Holm p = {_p(c['p_holm'])}: {c.get('reason', '')}{extra}).")
 
 
 # Lesion-level sensitivity of each task (the metric that is 0 when a model finds nothing).
@@ -217,8 +287,31 @@ def _nothing_learned(task: str, metrics: list[dict[str, Any]], label: str) -> st
             f"the strategies. Raise `tasks.{task}.steps` (the full studies in configs/ do).")
 
 
-def _curve(path: Path, strategies, budgets, by, key, label) -> None:
+def _val_curves(path: Path, rows: list[dict[str, Any]], label: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    colours: dict[str, Any] = {}
+    for r in sorted(rows, key=lambda r: (r["strategy"], r["budget"], r["seed"])):
+        curve = r.get("val_curve") or []
+        if not curve:
+            continue
+        c = colours.setdefault(r["strategy"], f"C{len(colours) % 10}")
+        x, y = zip(*curve, strict=True)
+        ax.plot(x, y, color=c, alpha=0.6, lw=1, ls="--" if r.get("ceiling") else "-",
+                label=r["strategy"] if r["strategy"] not in ax.get_legend_handles_labels()[1] else None)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"validation {label}")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    if colours:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _savefig(fig, path)
+
+
+def _curve(path: Path, strategies, budgets, by, key, label, ceiling=(None, float("nan"))) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    if ceiling[0] is not None and math.isfinite(ceiling[1]):
+        ax.axhline(ceiling[1], color="grey", ls=":", label=f"none, all {ceiling[0]} patients (ceiling)")
     for i, s in enumerate(strategies):
         ms = [mean_sd([_get(m, key) for _, m in by[(s, b)]]) for b in budgets]
         means = [m for m, _ in ms]
@@ -227,6 +320,7 @@ def _curve(path: Path, strategies, budgets, by, key, label) -> None:
         ax.errorbar(x, means, yerr=sds, marker="o", capsize=3, label=s)
     ax.set_xlabel("labelled patients")
     ax.set_ylabel(label)
+    ax.set_ylim(bottom=0)
     ax.set_xticks(budgets)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

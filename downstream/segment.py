@@ -161,6 +161,75 @@ def train_one_epoch(
     return out
 
 
+def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """``adam`` (foreach Adam) or ``sgd`` (nnU-Net's SGD: Nesterov momentum 0.99)."""
+    params = [p for p in params if p.requires_grad]
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=weight_decay,
+                               foreach=True)
+    raise ValueError(f"unknown optimizer {name!r} (adam, sgd)")
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Iterable[dict[str, Any]],
+    device: torch.device,
+    *,
+    steps: int,
+    loss_fn,
+    schedule: str = "poly",
+    validator=None,
+) -> dict[str, Any]:
+    """Train for ``steps`` batches of ``loader`` with the recipe of `downstream.recipe`:
+    the learning rate follows ``schedule`` (``poly`` or ``constant``), the validator (if
+    any) scores the model every few steps and the best state is restored at the end.
+
+    ``loss_fn(model, batch) -> (loss, parts)``. Returns mean losses over the run plus the
+    validator's summary (curve, best value/step, ``undertrained``).
+    """
+    from downstream.recipe import poly_lr
+
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    totals: dict[str, Tensor] = {}
+    n = 0
+    model.train()
+    for step, batch in enumerate(loader):
+        if step >= steps:
+            break
+        if schedule == "poly":
+            for g, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                g["lr"] = poly_lr(lr, step, steps)
+        loss, parts = loss_fn(model, batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"training loss became {float(loss)} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        parts["loss"] = loss.detach()
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0) + v.detach()
+        n += 1
+        if validator is not None and validator.due(step + 1, steps):
+            validator.step(model, step + 1)
+            model.train()
+    out: dict[str, Any] = {k: float(v) / max(n, 1) for k, v in totals.items()}
+    out["steps"] = n
+    if validator is not None:
+        validator.restore(model)
+        out.update(validator.summary())
+    return out
+
+
+def segmentation_loss(model: nn.Module, batch: dict[str, Any], device: torch.device):
+    """Dice + CE of ``model`` on a `collate` batch."""
+    x = batch["image"].to(device, non_blocking=True)
+    y = batch["mask"].to(device, non_blocking=True)
+    return dice_ce_loss(model(x), y)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device) -> list[np.ndarray]:
     """Argmax label maps (uint8, one per slice) in loader order."""

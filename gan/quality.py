@@ -548,8 +548,19 @@ def nearest_by_ssim(
     best = scores.argmax(axis=1) if k else np.zeros(nq, int)
     any_ok = usable.any(axis=1) if k else np.zeros(nq, bool)
     rows = np.arange(nq)
-    pixel_index = dist.argmin(axis=1) if nr else np.full(nq, -1)
-    pixel_rms = dist[rows, pixel_index] if nr else np.full(nq, np.nan)
+    # The matrix-product distance above ranks candidates; ‖a‖²+‖b‖²−2a·b loses digits to
+    # cancellation (an exact copy came out at ~1e-8, and differently on AVX2 and AVX-512
+    # BLAS). The reported distance is recomputed directly on the few best candidates, so
+    # an exact copy is exactly 0 on every CPU.
+    pixel_index = np.full(nq, -1)
+    pixel_rms = np.full(nq, np.nan)
+    if nr:
+        near = cand[:, : min(k, 4)] if k else dist.argmin(axis=1)[:, None]
+        exact = np.sqrt(((fq[:, None, :] - fr[near]) ** 2).mean(axis=2))
+        exact = np.where(np.isfinite(np.take_along_axis(dist, near, axis=1)), exact, np.inf)
+        pick = exact.argmin(axis=1)
+        pixel_index = near[rows, pick]
+        pixel_rms = exact[rows, pick]
     return {
         "ssim": np.where(any_ok, scores[rows, best] if k else np.nan, np.nan),
         "index": np.where(any_ok, cand[rows, best] if k else -1, -1),

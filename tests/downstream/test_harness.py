@@ -20,8 +20,10 @@ TINY = {
     "budgets": [2],
     "seeds": [0],
     "tasks": {
-        "segment": {"arch": "attention-unet", "base": 4, "depth": 2, "steps": 2, "batch_size": 4},
-        "detect": {"steps": 1, "batch_size": 2, "cost_sensitive": True, "alpha": 2.0, "max_ratio": 3.0},
+        "segment": {"arch": "attention-unet", "base": 4, "depth": 2, "steps": 2, "batch_size": 4, "val_every": 1,
+                    "patch": 32},
+        "detect": {"steps": 1, "batch_size": 2, "cost_sensitive": True, "alpha": 2.0, "max_ratio": 3.0,
+                   "val_every": 1, "representation_size": 64, "box_batch_size_per_image": 16},
     },
     "generators": {"pix2pix": {"steps": 2, "batch_size": 2, "n_synthetic": 4,
                                "config": {"ngf": 4, "ndf": 4, "n_layers_d": 2}}},
@@ -68,7 +70,27 @@ def test_generators_saw_only_the_labelled_patients(compared):
     source, target = prepare_data(exp, out / "data")
     splits = Splits(exp, source, target)
     assert set(data["patients"]) == set(splits.labelled(2, 0).patient_ids)
-    assert {r["n_labelled_patients"] for r in rows} == {2}
+    assert {r["n_labelled_patients"] for r in rows if not r.get("ceiling")} == {2}
+    # The full-data ceiling: the baseline trained on every training patient (and only there).
+    ceiling = [r for r in rows if r.get("ceiling")]
+    assert {r["strategy"] for r in ceiling} == {"none"} and {r["task"] for r in ceiling} == {"segment", "detect"}
+    assert {r["n_labelled_patients"] for r in ceiling} == {len(set(splits.train.patient_ids))}
+
+
+def test_rows_carry_per_patient_metrics_and_the_validation_curve(compared):
+    out, _ = compared
+    exp = experiment_from_dict(TINY)
+    source, target = prepare_data(exp, out / "data")
+    splits = Splits(exp, source, target)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    for r in rows:
+        # Per-patient values exist for the test patients with a lesion, and only for test patients.
+        assert r["metrics"]["per_patient"] and set(r["metrics"]["per_patient"]) <= splits.test_patients
+        # One validation score per val_every steps and at the last step (2 steps, val_every 1).
+        assert [s for s, _ in r["val_curve"]] == list(range(1, TINY["tasks"][r["task"]]["steps"] + 1))
+        assert isinstance(r["undertrained"], bool)
+    det = next(r for r in rows if r["task"] == "detect")
+    assert det["metrics"]["backbone"] == "unet, initialised from the run's segmenter"
 
 
 def test_report_has_every_section_with_numbers_from_the_runs(compared):
@@ -80,7 +102,7 @@ def test_report_has_every_section_with_numbers_from_the_runs(compared):
     assert (out / "report.html").exists()
     assert (out / "plots" / "segment_dice_vs_budget.png").exists()
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 * 2  # tasks x strategies (one budget, one seed)
+    assert len(rows) == 2 * 2 + 2  # tasks x strategies (one budget, one seed) + the ceiling's none
     none = next(r for r in rows if r["task"] == "segment" and r["strategy"] == "none")
     dice = none["metrics"]["dice"]
     assert f"{dice:.3f}" in text  # the table shows the run's own number

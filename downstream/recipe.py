@@ -1,0 +1,160 @@
+"""The 2D training recipe shared by the task models, on the lines nnU-Net established.
+
+* **Patches with foreground oversampling** (`PatchDataset`): each item is a ``patch`` ×
+  ``patch`` crop of a (mixed, augmented) slice; a fraction ``fg_fraction`` of items is
+  drawn from slices that hold a lesion and cropped around a random lesion pixel, the rest
+  are random crops of any slice. Lesions cover ~1 % of a CT slice: without this, most
+  batches hold no lesion pixel and a small budget is spent learning "background".
+  nnU-Net forces one third of every batch to contain foreground (Isensee et al. 2021).
+* **Poly learning-rate schedule** ``lr · (1 − t/T)^0.9`` (`poly_lr`), nnU-Net's default.
+* **Checkpoint chosen on the validation split** (`Validator`): every ``val_every`` steps
+  the model predicts the validation slices whole and the best state by the validation
+  metric is kept; its curve is recorded, and a run whose metric was still rising at the
+  end is flagged ``undertrained`` (`still_rising`).
+
+Randomness is per item (``default_rng([seed, 1, i])``), as in `augment.datasets`, so the
+batches do not depend on DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from augment.errors import ConfigError
+from augment.sample import Sample
+
+RISING_MARGIN = 0.02  # absolute gain of the validation metric that counts as "still rising"
+
+
+def poly_lr(base_lr: float, step: int, total: int, exponent: float = 0.9) -> float:
+    """nnU-Net's poly schedule: ``base_lr · (1 − step/total)^exponent``."""
+    return base_lr * (1.0 - min(step, total) / max(total, 1)) ** exponent
+
+
+def crop_sample(s: Sample, top: int, left: int, size: int) -> Sample:
+    """The ``size`` × ``size`` window of ``s`` at (top, left); boxes re-derived from the mask."""
+    from augment.sample import boxes_from_mask
+
+    img = s.image[top : top + size, left : left + size]
+    mask = s.mask[top : top + size, left : left + size]
+    boxes, labels = boxes_from_mask(mask)
+    meta = dict(s.meta)
+    meta["patch"] = [int(top), int(left), int(size)]
+    return Sample(image=np.ascontiguousarray(img), mask=np.ascontiguousarray(mask), boxes=boxes,
+                  labels=labels, meta=meta)
+
+
+def patch_origin(mask: np.ndarray, size: int, rng: np.random.Generator, *, foreground: bool) -> tuple[int, int]:
+    """Top-left corner of a patch: around a random lesion pixel when ``foreground`` and the
+    slice has one (the pixel lands anywhere inside the patch), uniform otherwise."""
+    h, w = mask.shape
+    if foreground:
+        ys, xs = np.nonzero(mask)
+        if len(ys):
+            k = int(rng.integers(len(ys)))
+            top = int(ys[k]) - int(rng.integers(size))
+            left = int(xs[k]) - int(rng.integers(size))
+            return int(np.clip(top, 0, h - size)), int(np.clip(left, 0, w - size))
+    return int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+
+
+class PatchDataset(Dataset):
+    """Patches of training slices with foreground oversampling (module docstring).
+
+    Args:
+        any_slice: items of every slice (e.g. a `MixedDataset` of real + synthetic).
+        lesion_slice: items drawn only from slices that hold a lesion (same mixture), or
+            None when no training slice has one.
+        patch: patch side in pixels (None: whole slices, no cropping).
+        fg_fraction: fraction of items centred on a lesion.
+        seed: per-item draws use ``default_rng([seed, 1, i])``.
+    """
+
+    def __init__(
+        self, any_slice: Dataset, lesion_slice: Dataset | None, *, patch: int | None, fg_fraction: float,
+        seed: int,
+    ) -> None:
+        if not 0.0 <= fg_fraction <= 1.0:
+            raise ConfigError(f"fg_fraction must be in [0, 1], got {fg_fraction}")
+        self.any_slice, self.lesion_slice = any_slice, lesion_slice
+        self.patch, self.fg_fraction, self.seed = patch, fg_fraction, seed
+
+    def __len__(self) -> int:
+        return len(self.any_slice)
+
+    def __getitem__(self, i: int) -> Sample:
+        rng = np.random.default_rng([self.seed, 1, i])
+        forced = self.lesion_slice is not None and rng.random() < self.fg_fraction
+        s = self.lesion_slice[i] if forced else self.any_slice[i]
+        if self.patch is None:
+            return s
+        h, w = s.image.shape
+        if self.patch > min(h, w):
+            raise ConfigError(f"patch {self.patch} px is larger than the {h}x{w} slices")
+        top, left = patch_origin(s.mask, self.patch, rng, foreground=forced)
+        return crop_sample(s, top, left, self.patch)
+
+
+def lesion_only(samples: Sequence[Sample]) -> list[Sample]:
+    return [s for s in samples if s.has_lesion]
+
+
+class Validator:
+    """Keeps the best model state by a validation metric and the metric's curve.
+
+    ``evaluate(model) -> float`` scores the model on the validation split (higher is
+    better). Call `step` every ``every`` training steps and at the last one; `restore`
+    loads the best state back into the model.
+    """
+
+    def __init__(self, evaluate: Callable[[torch.nn.Module], float] | None, every: int) -> None:
+        self.evaluate, self.every = evaluate, max(int(every), 1)
+        self.curve: list[tuple[int, float]] = []
+        self.best_value = -float("inf")
+        self.best_step = -1
+        self._best_state: dict[str, Any] | None = None
+
+    def due(self, step: int, total: int) -> bool:
+        return self.evaluate is not None and (step % self.every == 0 or step == total)
+
+    def step(self, model: torch.nn.Module, step: int) -> float:
+        value = float(self.evaluate(model))
+        self.curve.append((int(step), value))
+        if np.isfinite(value) and value > self.best_value:
+            self.best_value, self.best_step = value, int(step)
+            self._best_state = copy.deepcopy(model.state_dict())
+        return value
+
+    def restore(self, model: torch.nn.Module) -> None:
+        if self._best_state is not None:
+            model.load_state_dict(self._best_state)
+
+    def summary(self) -> dict[str, Any]:
+        values = [v for _, v in self.curve]
+        return {
+            "val_curve": [[s, v] for s, v in self.curve],
+            "val_best": self.best_value if self.curve else float("nan"),
+            "val_best_step": self.best_step,
+            "undertrained": still_rising(values),
+        }
+
+
+def still_rising(values: Sequence[float], margin: float = RISING_MARGIN) -> bool:
+    """True when the validation metric was still rising at the end of training.
+
+    The mean of the last quarter of the evaluations (at least 2) is compared with the
+    quarter before it; a gain above ``margin`` (absolute) means more steps would likely
+    have helped, so the run's numbers are not those of a trained model.
+    """
+    v = np.asarray([x for x in values if np.isfinite(x)], float)
+    if len(v) < 4:
+        return False
+    q = max(len(v) // 4, 2)
+    last, before = v[-q:], v[-2 * q : -q]
+    return bool(len(before) and last.mean() - before.mean() > margin)
