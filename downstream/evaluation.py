@@ -120,12 +120,16 @@ def evaluate_detection(
         t = [targets[i] for i in idx]
         per_patient[pid] = {"mAP50": M.average_precision(a, t, iou_threshold=0.5)["mAP"],
                             "box_sensitivity": M.box_sensitivity(a, t, theta=theta)}
+    froc = M.sensitivity_at_fp(agnostic, targets, fp_per_image=1.0)
     return {
         "per_patient": per_patient,
         "mAP50": M.average_precision(agnostic, targets, iou_threshold=0.5)["mAP"],
         "box_sensitivity": M.box_sensitivity(agnostic, targets, theta=theta),
         "small_box_sensitivity": M.box_sensitivity(agnostic, targets, theta=theta, max_area_px=small),
         "fp_boxes_per_slice": float(np.mean(fps)) if fps else float("nan"),
+        # FROC point: lesion sensitivity at <= 1 false-positive box per slice
+        "sens_at_1fp": froc["sensitivity"],
+        "sens_at_1fp_threshold": froc["threshold"],
         "image": M.image_level(scores, has_lesion, theta),
         "auc": M.roc_auc(scores, has_lesion),
         "theta": theta,

@@ -231,6 +231,50 @@ def box_sensitivity(
     return float(np.mean(found)) if found else float("nan")
 
 
+def sensitivity_at_fp(
+    predictions: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    targets: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    fp_per_image: float = 1.0,
+    iou_threshold: float = 0.5,
+) -> dict[str, float]:
+    """One point of the FROC curve: lesion sensitivity at the lowest score threshold whose
+    false positives per image stay <= ``fp_per_image`` (LUNA16 reports the curve at
+    1/8 ... 8 FP per scan; a slice is our image).
+
+    A lesion is found when a box scoring >= the threshold overlaps it with IoU >=
+    ``iou_threshold``; a box is a false positive when it overlaps no lesion that well
+    (the definitions of `box_sensitivity` and the report's FP boxes per slice).
+
+    Returns ``{"sensitivity", "threshold", "fp_per_image"}`` (threshold inf when even the
+    highest-scoring box exceeds the FP rate; NaN sensitivity without any lesion).
+    """
+    gt_best: list[float] = []  # per lesion: the best score of a box that finds it
+    fp_scores: list[float] = []
+    for (pb, ps, _), (tb, _) in zip(predictions, targets, strict=True):
+        pb, ps = np.asarray(pb).reshape(-1, 4), np.asarray(ps, float).reshape(-1)
+        tb = np.asarray(tb).reshape(-1, 4)
+        ious = box_iou(pb, tb) if len(tb) else np.zeros((len(pb), 0))
+        hit = ious >= iou_threshold
+        fp_scores += list(ps[~hit.any(1)]) if hit.shape[1] else list(ps)
+        for k in range(len(tb)):
+            gt_best.append(float(ps[hit[:, k]].max()) if hit[:, k].any() else -np.inf)
+    n_images = max(len(predictions), 1)
+    if not gt_best:
+        return {"sensitivity": float("nan"), "threshold": float("nan"), "fp_per_image": float("nan")}
+    gt = np.asarray(gt_best)
+    fps = np.sort(np.asarray(fp_scores))[::-1]
+    # Thresholds worth trying: every score; the FP count at threshold t is #(fp >= t).
+    candidates = np.unique(np.concatenate([gt[np.isfinite(gt)], fps, [np.inf]]))[::-1]
+    best = (0.0, float("inf"), 0.0)
+    for t in candidates:
+        fp_rate = float(np.count_nonzero(fps >= t)) / n_images
+        if fp_rate > fp_per_image:
+            break
+        best = (float(np.mean(gt >= t)), float(t), fp_rate)
+    return {"sensitivity": best[0], "threshold": best[1], "fp_per_image": best[2]}
+
+
 # ------------------------------------------------------------------- image level
 
 

@@ -30,7 +30,7 @@ SECONDARY = {
     "segment": [("iou", "IoU"), ("hd95", "HD95"), ("lesion_sensitivity", "lesion sens."),
                 ("small_lesion_sensitivity", "small-lesion sens."), ("fp_per_slice", "FP/slice"),
                 ("icc_area", "ICC(2,1) area")],
-    "detect": [("box_sensitivity", "lesion sens. @θ"), ("small_box_sensitivity", "small-lesion sens. @θ"),
+    "detect": [("sens_at_1fp", "lesion sens. @ 1 FP/slice"), ("box_sensitivity", "lesion sens. @θ"), ("small_box_sensitivity", "small-lesion sens. @θ"),
                ("fp_boxes_per_slice", "FP boxes/slice @θ"), ("image.precision", "precision @θ"),
                ("image.recall", "recall @θ"), ("image.accuracy", "accuracy @θ"), ("auc", "AUC")],
 }

@@ -143,6 +143,9 @@ def detector_config(spec: DetectSpec, labelled: SliceDataset, size: int, classes
                          alpha=spec.alpha, max_ratio=spec.max_ratio, lr=spec.lr,
                          representation_size=spec.representation_size,
                          box_batch_size_per_image=spec.box_batch_size_per_image,
+                         rpn_pre_nms_top_n=tuple(spec.rpn_pre_nms_top_n),
+                         rpn_post_nms_top_n=tuple(spec.rpn_post_nms_top_n),
+                         detach_box_head=spec.detach_box_head,
                          backbone_weights=spec.backbone_weights, seg_classes=max(classes) + 1,
                          unet_base=arch.base, unet_depth=arch.depth,
                          unet_attention=arch.arch == "attention-unet")

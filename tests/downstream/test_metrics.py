@@ -144,9 +144,14 @@ def test_report_calls_a_consistent_but_non_significant_gain_suggestive():
         budgets = (6,)
         strategies = [type("S", (), {"name": n}) for n in ("none", "classical")]
 
+    # 4 test patients, each better under classical in every seed: the exact sign-flip
+    # test over 4 patients cannot go below p = 2/2^4 = 0.125, so it is not significant,
+    # but the report says that every patient moved the same way.
     rows = [{"task": "segment", "strategy": st, "budget": 6, "seed": s,
-             "metrics": {"dice": base + (gain if st == "classical" else 0.0), "lesion_sensitivity": 0.5}}
-            for s, (base, gain) in enumerate([(0.1, 0.02), (0.1, 0.1), (0.1, 0.05)])
+             "metrics": {"dice": 0.1, "lesion_sensitivity": 0.5,
+                         "per_patient": {f"p{p}": {"dice": 0.1 + 0.01 * p + (gain if st == "classical" else 0.0)}
+                                         for p in range(4)}}}
+            for s, gain in enumerate([0.02, 0.1, 0.05])
             for st in ("none", "classical")]
     verdicts: list[str] = []
     import tempfile
@@ -156,5 +161,25 @@ def test_report_calls_a_consistent_but_non_significant_gain_suggestive():
         (Path(d) / "plots").mkdir()
         _task_section("segment", rows, Exp, Path(d), verdicts)
     assert len(verdicts) == 1
-    assert "better than `none`" in verdicts[0] and "in all 3 paired runs" in verdicts[0]
-    assert "not significant" in verdicts[0] and "suggestive" in verdicts[0]
+    assert "no significant difference" in verdicts[0]
+    assert "better for every one of the 4 test patients" in verdicts[0]
+
+
+def test_sensitivity_at_one_fp_per_slice_by_hand():
+    from downstream.metrics import sensitivity_at_fp
+
+    lesion = np.array([[10, 10, 20, 20]], float)
+    miss = np.array([[40, 40, 50, 50]], float)
+    # Slice 1: the lesion found at score 0.9, a false positive at 0.8.
+    # Slice 2: a lesion found only at score 0.3; false positives at 0.7 and 0.6.
+    preds = [(np.vstack([lesion, miss]), np.array([0.9, 0.8]), np.ones(2)),
+             (np.vstack([lesion, miss, miss + 1]), np.array([0.3, 0.7, 0.6]), np.ones(3))]
+    targets = [(lesion, np.ones(1)), (lesion, np.ones(1))]
+    # Hand computation: at t = 0.7 two FPs on two slices (1.0/slice) and 1 of 2 lesions found;
+    # lowering t to 0.6 makes 3 FPs (1.5/slice) > 1, so the point is (0.5, t = 0.7).
+    r = sensitivity_at_fp(preds, targets, fp_per_image=1.0)
+    assert r == {"sensitivity": 0.5, "threshold": 0.7, "fp_per_image": 1.0}
+    # At 2 FP/slice every threshold down to 0.3 is allowed: both lesions found.
+    assert sensitivity_at_fp(preds, targets, fp_per_image=2.0)["sensitivity"] == 1.0
+    # At 0 FP/slice only t = 0.9 (no FP above 0.8): one lesion.
+    assert sensitivity_at_fp(preds, targets, fp_per_image=0.0)["sensitivity"] == 0.5
