@@ -126,9 +126,10 @@ class Experiment:
     strategies: tuple[Strategy, ...]
     quality: dict[str, Any] = field(default_factory=dict)  # fid_weights, n
     out: str = "out/compare"
-    # Also train the baselines (strategies without generators: none, classical) on every
-    # training patient: the full-data ceiling each gain is measured against.
-    ceiling: bool = True
+    # The full-data ceiling each gain is measured against: these strategies are also
+    # trained on every training patient. `ceiling: true` in YAML = every strategy without
+    # generators (none, classical); false = none; or a list of strategy names.
+    ceiling: tuple[str, ...] = ("none",)
     source: str = ""  # the YAML file it came from
 
     def as_dict(self) -> dict[str, Any]:
@@ -143,10 +144,21 @@ def _int_list(v: Any, where: str, *, low: int) -> tuple[int, ...]:
     return tuple(v)
 
 
-def _bool(v: Any, where: str) -> bool:
-    if not isinstance(v, bool):
-        raise ConfigError(f"{where}: expected true or false, got {v!r}")
-    return v
+def _ceiling(v: Any, strategies: list[Strategy], where: str) -> tuple[str, ...]:
+    if v is True:
+        return tuple(s.name for s in strategies if not s.generators)
+    if v is False or v is None:
+        return ()
+    names = {s.name: s for s in strategies}
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ConfigError(f"{where}: expected true, false or a list of strategy names, got {v!r}")
+    for x in v:
+        if x not in names:
+            raise ConfigError(f"{where}: unknown strategy {x!r}; known: {', '.join(names)}")
+        if names[x].generators:
+            raise ConfigError(f"{where}: {x!r} uses generators, which are trained per label budget; the "
+                              "ceiling trains strategies without generators")
+    return tuple(v)
 
 
 def _build(cls: type, values: Any, where: str) -> Any:
@@ -278,6 +290,6 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
         strategies=tuple(strategies),
         quality=dict(raw.get("quality") or {}),
         out=str(raw.get("out") or f"out/{raw.get('name', 'compare')}"),
-        ceiling=_bool(raw.get("ceiling", True), f"{where}: ceiling"),
+        ceiling=_ceiling(raw.get("ceiling", True), strategies, f"{where}: ceiling"),
         source=where,
     )

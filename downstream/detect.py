@@ -360,10 +360,15 @@ def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
         )
     else:
         raise ConfigError(f"unknown detector backbone {cfg.backbone!r} (unet, mobilenet_v3_large, resnet50)")
+    channels = 1 if cfg.backbone == "unet" else 3
+    # Count the feature maps in eval mode: a training-mode pass would move BatchNorm's
+    # running statistics.
+    backbone.eval()
+    with torch.no_grad():
+        n_maps = len(backbone(torch.zeros(1, channels, 64, 64)))
+    backbone.train()
     if cfg.backbone_weights and cfg.backbone_weights != "imagenet":
         _load_backbone_file(backbone, cfg.backbone_weights)
-    channels = 1 if cfg.backbone == "unet" else 3
-    n_maps = len(backbone(torch.zeros(1, channels, 64, 64)))
     anchors = AnchorGenerator(
         sizes=(tuple(cfg.anchor_sizes),) * n_maps, aspect_ratios=(tuple(cfg.aspect_ratios),) * n_maps
     )

@@ -234,7 +234,7 @@ def run_compare(
     failures: list[dict[str, Any]] = []
     units = [(b, s) for b in exp.budgets for s in exp.seeds]
     n_runs = len(units) * len(exp.tasks) * len(exp.strategies)
-    if exp.ceiling and len(set(splits.train.patient_ids)) not in exp.budgets:
+    if _baselines(exp) and len(set(splits.train.patient_ids)) not in exp.budgets:
         n_runs += len(exp.seeds) * len(exp.tasks) * len(_baselines(exp))
     bar = tqdm(total=n_runs, desc=f"compare {exp.name}", unit="run", disable=not progress)
     t_start = time.perf_counter()
@@ -270,7 +270,7 @@ def run_compare(
                 continue
             rows += _strategy_runs(exp, strategy, budget, s, labelled, [synthetic[g] for g in strategy.generators],
                                    splits, out=out, device=device, classes=classes, bar=bar)
-    if exp.ceiling:
+    if _baselines(exp):
         # The full-data ceiling: the baselines trained on every training patient.
         n_all = len(set(splits.train.patient_ids))
         if n_all not in exp.budgets:
@@ -292,8 +292,8 @@ def run_compare(
 
 
 def _baselines(exp: Experiment):
-    """Strategies without synthetic data (none, classical): the ones the ceiling trains."""
-    return [st for st in exp.strategies if not st.generators]
+    """The strategies the full-data ceiling trains (`Experiment.ceiling`)."""
+    return [st for st in exp.strategies if st.name in exp.ceiling]
 
 
 def _strategy_runs(

@@ -14,6 +14,7 @@ from downstream.detect import (
     image_scores,
     kmeans_anchors,
     predict,
+    to_detection_inputs,
     train_one_epoch,
 )
 
@@ -106,3 +107,76 @@ def test_detector_trains_and_predicts_on_small_slices():
     preds = predict(model, [batch], torch.device("cpu"))
     assert len(preds) == 4 and all(b.shape[1] == 4 for b, _, _ in preds if len(b))
     assert image_scores(preds).shape == (4,)
+
+
+def _square_slices(n=4, size=64):
+    samples = []
+    for i in range(n):
+        image = np.full((size, size), 30.0, np.float32)
+        mask = np.zeros((size, size), np.uint8)
+        mask[10 + 5 * i : 18 + 5 * i, 20:30] = 1
+        image[mask > 0] = 75.0
+        samples.append(Sample(image, mask, meta={"id": f"s{i}"}))
+    return samples
+
+
+def _unet_cfg(**kw):
+    return DetectorConfig(**{"backbone": "unet", "image_size": 64, "seg_classes": 2, "unet_base": 4,
+                             "unet_depth": 2, "representation_size": 32, "box_batch_size_per_image": 16, **kw})
+
+
+def test_unet_detector_starts_from_the_segmenter_and_learns_with_its_segmentation_loss():
+    from downstream.detect import detection_loss, load_segmenter_weights
+    from downstream.segment import UNet
+
+    torch.manual_seed(0)
+    seg = UNet(1, 2, base=4, depth=2, attention=True)
+    model = build_detector(_unet_cfg(), num_classes=2)
+    load_segmenter_weights(model, seg.state_dict())
+    for k, v in seg.state_dict().items():
+        assert torch.equal(model.backbone.unet.state_dict()[k], v), k
+    batch = collate(_square_slices(), "head-model")
+    # Patches enter at their own size: no resize to the slice size (a 32 px patch stays 32 px).
+    patch = collate([Sample(s.image[:32, :32], s.mask[:32, :32], meta={"id": "p"}) for s in _square_slices()],
+                    "head-model")
+    images, _ = to_detection_inputs(patch, torch.device("cpu"), 1)
+    assert model.transform(images)[0].tensors.shape[-2:] == (32, 32)
+    loss, parts = detection_loss(model, batch, torch.device("cpu"), aux_weight=1.0)
+    assert "aux_segmentation" in parts and "loss_objectness" in parts
+    # The auxiliary term is the segmentation head's Dice + CE on the batch's masks.
+    from downstream.segment import dice_ce_loss
+
+    ref, _ = dice_ce_loss(model.backbone.last_logits, batch["mask"])
+    assert torch.allclose(parts["aux_segmentation"], ref.detach())
+    assert torch.allclose(loss.detach(), sum(v for k, v in parts.items()))
+    loss.backward()
+    assert model.backbone.unet.encoders[0][0].weight.grad is not None
+    preds = predict(model, [batch], torch.device("cpu"))
+    assert len(preds) == 4 and all(b.shape[1] == 4 for b, _, _ in preds if len(b))
+
+
+def test_backbone_weights_from_a_file_and_a_clear_error_for_missing_imagenet(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    src = build_detector(_unet_cfg(), num_classes=2)
+    path = tmp_path / "seg.pt"
+    torch.save(src.backbone.unet.state_dict(), path)  # a bare segmenter state dict
+    torch.manual_seed(1)
+    dst = build_detector(_unet_cfg(backbone_weights=str(path)), num_classes=2)
+    for k, v in src.backbone.unet.state_dict().items():
+        assert torch.equal(dst.backbone.unet.state_dict()[k], v), k
+    with pytest.raises(ConfigError, match="not found"):
+        build_detector(_unet_cfg(backbone_weights=str(tmp_path / "nope.pt")), num_classes=2)
+    torch.save({"something": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="does not match"):
+        build_detector(_unet_cfg(backbone_weights=str(tmp_path / "other.pt")), num_classes=2)
+    # ImageNet weights that are neither cached nor downloadable: one clear line.
+    from torchvision.models import MobileNet_V3_Large_Weights
+
+    monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(type(MobileNet_V3_Large_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(ConfigError, match="torch hub cache"):
+        build_detector(DetectorConfig(image_size=64, backbone_weights="imagenet"), num_classes=2)
