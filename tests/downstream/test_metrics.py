@@ -6,7 +6,7 @@ from scipy.spatial.distance import directed_hausdorff
 from scipy.stats import mannwhitneyu
 
 from downstream import metrics as M
-from downstream.stats import bootstrap_ci, mean_sd, paired_test, summarise_paired
+from downstream.stats import mean_sd
 
 
 def test_dice_iou_hand_case():
@@ -114,29 +114,12 @@ def test_icc_2_1_shrout_fleiss_example():
     assert M.icc_2_1(same) == pytest.approx(1.0)
 
 
-def test_paired_statistics():
+def test_mean_sd():
     assert mean_sd([1, 2, 3]) == (2.0, 1.0)
     assert np.isnan(mean_sd([1.0])[1])
-    a = [0.8, 0.82, 0.79, 0.85, 0.81, 0.83, 0.84]
-    b = [0.7, 0.71, 0.72, 0.74, 0.69, 0.73, 0.70]
-    t = paired_test(a, b)
-    assert t["test"] == "Wilcoxon signed-rank" and t["p_value"] < 0.05
-    assert paired_test(a[:3], b[:3])["test"] == "paired t-test"
-    assert paired_test(a, a)["p_value"] == 1.0
-    lo, hi = bootstrap_ci(np.array(a) - np.array(b), seed=0)
-    assert lo < np.mean(np.array(a) - np.array(b)) < hi
-    assert summarise_paired(a, b)["verdict"] == "helps"
-    assert summarise_paired(b, a)["verdict"] == "hurts"
-    assert summarise_paired([0.8, 0.7, 0.9], [0.81, 0.69, 0.9])["verdict"] == "no significant difference"
-    mixed = summarise_paired([0.8, 0.7, 0.9], [0.81, 0.69, 0.9])
-    assert not mixed["consistent"]
-    # Three pairs that all improve, by different amounts: paired t-test on d = (0.02, 0.1, 0.05)
-    # gives t = 2.43, p = 0.136 (scipy.stats.ttest_rel; not significant), yet every seed moved the same way.
-    few = summarise_paired([0.12, 0.2, 0.15], [0.1, 0.1, 0.1])
-    assert few["verdict"] == "no significant difference" and few["consistent"] and few["better"]
 
 
-def test_report_calls_a_consistent_but_non_significant_gain_suggestive():
+def test_report_says_when_every_patient_improved_but_the_test_cannot_tell():
     from downstream.report import _task_section
 
     class Exp:
