@@ -125,9 +125,11 @@ def render_slice(
         seed: dataset seed.
 
     Returns:
-        ``(sample, anatomy)``: the acquired slice with its exact mask, boxes and meta,
-        and its `render_anatomy` ground truth (noise-free HU, tissue labels named in
-        ``TISSUES[kind]``, lesion-free regions).
+        ``(sample, anatomy)``: the acquired slice with its mask, boxes and meta, and
+        its `render_anatomy` ground truth (noise-free HU, tissue labels named in
+        ``TISSUES[kind]``, lesion-free regions). The mask is the lesion tissue a reader
+        can label; in the head it stops `augment.phantom_head.BONE_RIM_PX` pixels
+        short of the skull, where the bone's partial volume dominates the image.
     """
     _check(kind, domain, size)
     protocol = _PROTOCOLS[domain]

@@ -148,13 +148,17 @@ class Validator:
 def still_rising(values: Sequence[float], margin: float = RISING_MARGIN) -> bool:
     """True when the validation metric was still rising at the end of training.
 
-    The mean of the last quarter of the evaluations (at least 2) is compared with the
-    quarter before it; a gain above ``margin`` (absolute) means more steps would likely
-    have helped, so the run's numbers are not those of a trained model.
+    Both must hold: the best evaluation is one of the last quarter (at least 2), and the
+    mean of that quarter exceeds the mean of the quarter before by more than ``margin``
+    (absolute). Then more steps would likely have helped, so the run's numbers are not
+    those of a trained model. The first condition keeps a noisy plateau (small
+    validation sets) from being flagged: a run whose best checkpoint lies well before
+    the end had stopped improving.
     """
     v = np.asarray([x for x in values if np.isfinite(x)], float)
     if len(v) < 4:
         return False
     q = max(len(v) // 4, 2)
     last, before = v[-q:], v[-2 * q : -q]
-    return bool(len(before) and last.mean() - before.mean() > margin)
+    best_late = int(np.argmax(v)) >= len(v) - q
+    return bool(best_late and len(before) and last.mean() - before.mean() > margin)

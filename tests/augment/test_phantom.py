@@ -29,7 +29,17 @@ from augment.phantom import (
     write_phantom,
 )
 from augment.phantom_geom import NOMINAL_SLICES
-from augment.phantom_head import BLOOD, BONE, CSF, FALX, GREY, OEDEMA, WHITE
+from augment.phantom_head import (
+    BLOOD,
+    BONE,
+    BONE_RIM_PX,
+    CSF,
+    FALX,
+    GREY,
+    OEDEMA,
+    WHITE,
+    sample_head_patient,
+)
 from augment.phantom_liver import AORTA, KIDNEY, LIVER, MUSCLE, SPLEEN, SUBCUT, VISCERAL
 from augment.phantom_liver import BONE as VERTEBRA
 from augment.sample import boxes_from_mask, load_sample, read_dataset, split_by_patient
@@ -215,10 +225,17 @@ def test_edh_and_sdh_lie_on_the_inner_table_with_their_shapes(head):
     ratios = {EDH: [], SDH: []}
     for sample, anatomy in head:
         px = sample.meta["spacing"][0]
-        from_bone = ndimage.distance_transform_edt(anatomy.tissue != BONE) * px
+        from_bone_px = ndimage.distance_transform_edt(anatomy.tissue != BONE)
+        from_bone = from_bone_px * px
+        painted, _ = ndimage.label(anatomy.tissue == BLOOD, structure=EIGHT)
         for cls in (EDH, SDH):
             for comp in _components(sample.mask, cls):
-                ring = ndimage.binary_dilation(comp, structure=EIGHT) & ~comp
+                # The label stops BONE_RIM_PX short of the skull; the blood it was cut
+                # from lies on the inner table, and the label starts right past the rim
+                # (its cut follows the table, so its nearest pixel is 2.2-3.2 px away).
+                assert from_bone_px[comp].min() <= BONE_RIM_PX + 1.5, (sample.id, cls)
+                blood = np.isin(painted, np.unique(painted[comp]))
+                ring = ndimage.binary_dilation(blood, structure=EIGHT) & ~blood
                 assert (anatomy.tissue[ring] == BONE).any(), (sample.id, cls)
                 if comp.sum() >= 4:
                     length = pdist(np.argwhere(comp) * px).max()
@@ -280,6 +297,108 @@ def test_head_acquired_hu_per_tissue():
         assert np.abs(d).max() <= 6.0, (TISSUES["head-ich"][label], d)
     # Domain A is tuned for 4-5 HU white-matter noise (FULL_DOSE_PHOTONS comment).
     assert 2.0 <= np.median(noise) <= 8.0
+
+
+# --------------------------------------------------------------- lesion labels vs HU
+
+ACUTE_BLOOD_HU = (50.0, 90.0)  # issue: the median HU inside each subtype's masks
+SIZES_DOMAINS = ((64, "A"), (64, "B"), (128, "A"), (128, "B"))
+# Where the median misses 50 HU for a reason other than the label: at 64 px (3.3 mm
+# pixels) IVH layers and sulcal SAH are 1-2 px thick, and domain A's hann kernel
+# (~2 px wide point-spread) averages them with the CSF and brain around them. Measured
+# on the 240 slices: IVH 48.4, SAH 48.5 HU (truth medians 66 and 70 HU); the same
+# slices in domain B read 62.9 and 61.9, and at 128 px domain A reads 64 and 53. Raising
+# the blood's HU would not honestly close it: SAH drawn at 70-88 HU still reads 48-52.
+PARTIAL_VOLUME_SHORT = {(64, "A", IVH): 48.4, (64, "A", SAH): 48.5}
+
+
+def _around_lesion_centres(per_class: int = 3) -> list[tuple[int, int]]:
+    """Seed-0 ``(patient, slice)`` pairs: the centre slice of each of the first
+    ``per_class`` lesions of every subtype and its two neighbours (37 slices)."""
+    seen = dict.fromkeys(CLASSES["head-ich"], 0)
+    picks: set[tuple[int, int]] = set()
+    for patient in range(200):
+        for spec in sample_head_patient(0, patient).lesions:
+            if seen[spec["class"]] < per_class:
+                seen[spec["class"]] += 1
+                kc = spec["centre_slice"]
+                picks |= {(patient, k) for k in (kc - 1, kc, kc + 1) if 0 <= k < NOMINAL_SLICES}
+        if min(seen.values()) >= per_class:
+            return sorted(picks)
+    raise AssertionError(f"too few lesions of some subtype: {seen}")
+
+
+@pytest.fixture(scope="module")
+def labelled(head):
+    """Head slices by ``(size, domain)``: the module's 240 slices at 64 px in domain A,
+    the slices around lesion centres for the others (~12 s for all three)."""
+    picks = _around_lesion_centres()
+    data = {(64, "A"): head}
+    for size, domain in SIZES_DOMAINS[1:]:
+        data[size, domain] = [
+            render_slice("head-ich", p, k, size=size, domain=domain) for p, k in picks
+        ]
+    return data
+
+
+def test_lesion_masks_stop_short_of_the_skull(labelled):
+    # Issue: EDH/SDH masks read 155-222 HU. No mask pixel was bone, but the outer ring
+    # of a bleed on the inner table is where FBP smears 1,250-1,600 HU bone into the
+    # image (+380..460 HU one pixel away in domain A, +50..62 HU two pixels away).
+    rimmed = 0
+    for (size, _), data in labelled.items():
+        for sample, anatomy in data:
+            from_bone = ndimage.distance_transform_edt(anatomy.tissue != BONE)
+            label, blood = sample.mask > 0, anatomy.tissue == BLOOD
+            assert not (label & ~blood).any(), (size, sample.id)  # never bone, only blood
+            # Before the rim every bleed on the table had label pixels 1 px from bone.
+            assert (from_bone[label] > BONE_RIM_PX).all(), (size, sample.id)
+            # All the blood well past the rim is labelled (measured: what is left out
+            # lies within 4 px of bone, a sliver thinner than the rim plus a pixel).
+            assert label[blood & (from_bone > BONE_RIM_PX + 2.5)].all(), (size, sample.id)
+            rimmed += int((blood & ~label).any())
+            # The cut follows the table, so a bleed on it stays one piece, not dots.
+            pieces, _ = ndimage.label(label, structure=EIGHT)
+            for i, rec in enumerate(anatomy.lesions, start=1):
+                if rec["class"] in (EDH, SDH) and (anatomy.instance == i).any():
+                    assert len(np.unique(pieces[anatomy.instance == i])) == 1, (size, sample.id)
+    assert rimmed >= 20  # bleeds on the inner table are common: the rim is not vacuous
+
+
+def _subtype_cases():
+    for size, domain in SIZES_DOMAINS:
+        for cls, name in CLASSES["head-ich"].items():
+            short = PARTIAL_VOLUME_SHORT.get((size, domain, cls))
+            marks = ()
+            if short is not None:
+                reason = f"partial volume of 1-2 px bleeds at 64 px in domain A: {short} HU"
+                marks = pytest.mark.xfail(strict=True, reason=reason)
+            yield pytest.param(size, domain, cls, marks=marks, id=f"{size}px-{domain}-{name}")
+
+
+@pytest.mark.parametrize("size, domain, cls", _subtype_cases())
+def test_median_hu_inside_each_subtypes_masks(labelled, size, domain, cls):
+    values = np.concatenate([s.image[s.mask == cls] for s, _ in labelled[size, domain]])
+    assert values.size >= 50
+    # No acute blood reads 150 HU; a label pixel that does holds skull. Before the rim
+    # that was 39 % / 54 % of EDH / SDH mask pixels at 64 px (A), 29 % / 27 % at 128 px
+    # (A), 24 % / 19 % at 128 px (B); now 0 in A and at most 0.5 % (B's noise).
+    assert (values > 150.0).mean() <= 0.02
+    # Before the rim, 64 px domain A: EDH 109, SDH 198 HU (IQR [71, 332], [78, 402]);
+    # 64 px B: EDH 123, SDH 100 HU. Now 53-79 HU except `PARTIAL_VOLUME_SHORT`.
+    lo, hi = ACUTE_BLOOD_HU
+    assert lo <= np.median(values) <= hi, (size, domain, CLASSES["head-ich"][cls])
+
+
+def test_thin_bleeds_at_64px_lose_hu_only_to_partial_volume(labelled):
+    # The known shortfall stays what was measured: the blood drawn is acute, and the
+    # acquired median is pinned to +-4 HU, so a regression fails here, not as an xfail.
+    for (size, domain, cls), measured in PARTIAL_VOLUME_SHORT.items():
+        data = labelled[size, domain]
+        truth = np.concatenate([a.hu(1.0)[s.mask == cls] for s, a in data])
+        values = np.concatenate([s.image[s.mask == cls] for s, _ in data])
+        assert ACUTE_BLOOD_HU[0] <= np.median(truth) <= ACUTE_BLOOD_HU[1]
+        assert np.median(values) == pytest.approx(measured, abs=4.0)
 
 
 # ---------------------------------------------------------------------------- liver
