@@ -112,10 +112,16 @@ class UNet(nn.Module):
 
 
 def dice_ce_loss(logits: Tensor, target: Tensor, *, smooth: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
-    """Soft Dice over the foreground classes + cross-entropy, equally weighted.
+    """Soft Dice + cross-entropy, equally weighted.
 
-    Soft Dice per class c: ``1 - (2 Σ p_c y_c + s) / (Σ p_c + Σ y_c + s)`` summed over the
-    batch, averaged over classes 1..C-1 (background excluded, as nnU-Net's default).
+    Soft Dice of a class c: ``(2 Σ p_c y_c + s) / (Σ p_c + Σ y_c + s)`` summed over the
+    batch (nnU-Net's batch Dice). With one lesion class the Dice loss is ``1 −`` that
+    class's Dice. With several lesion classes (the ICH subtypes) it is the mean of
+    ``1 −`` the mean per-class Dice (background excluded, nnU-Net's default) and ``1 −``
+    the *any-lesion* Dice of ``p_lesion = 1 − p_background`` against ``y > 0``. The
+    any-lesion term is the metric the report reads; without it, five rare classes split
+    a lesion's probability so that no single one beat background, and a U-Net trained on
+    48 px patches never predicted a lesion (measured: Dice 0 in 300 steps).
     """
     n_classes = logits.shape[1]
     ce = F.cross_entropy(logits, target)
@@ -126,7 +132,22 @@ def dice_ce_loss(logits: Tensor, target: Tensor, *, smooth: float = 1.0) -> tupl
     denom = probs.sum(dims) + onehot.sum(dims)
     dice = (2 * inter + smooth) / (denom + smooth)
     dice_loss = 1 - dice[1:].mean() if n_classes > 1 else 1 - dice.mean()
+    if n_classes > 2:
+        p_any, y_any = 1 - probs[:, 0], onehot[:, 1:].sum(1)
+        any_dice = (2 * (p_any * y_any).sum() + smooth) / (p_any.sum() + y_any.sum() + smooth)
+        dice_loss = 0.5 * dice_loss + 0.5 * (1 - any_dice)
     return ce + dice_loss, {"ce": ce.detach(), "dice_loss": dice_loss.detach()}
+
+
+def decode(logits: Tensor) -> Tensor:
+    """Label maps from logits, lesion first: a pixel is lesion when ``p_background <
+    0.5``, and its class is then the most probable lesion class. (A plain argmax calls
+    background wherever the lesion probability is split over several subtypes.)"""
+    probs = logits.softmax(1)
+    if probs.shape[1] <= 2:
+        return probs.argmax(1)
+    subtype = probs[:, 1:].argmax(1) + 1
+    return torch.where(probs[:, 0] < 0.5, subtype, torch.zeros_like(subtype))
 
 
 def train_one_epoch(
@@ -232,10 +253,10 @@ def segmentation_loss(model: nn.Module, batch: dict[str, Any], device: torch.dev
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device) -> list[np.ndarray]:
-    """Argmax label maps (uint8, one per slice) in loader order."""
+    """Label maps (uint8, one per slice, `decode`d) in loader order."""
     model.eval()
     preds = []
     for batch in loader:
         logits = model(batch["image"].to(device))
-        preds.extend(logits.argmax(1).to(torch.uint8).cpu().numpy())
+        preds.extend(decode(logits).to(torch.uint8).cpu().numpy())
     return preds

@@ -76,3 +76,22 @@ def test_a_few_steps_learn_to_segment_a_disk():
     inter = sum(int(((p > 0) & (t > 0)).sum()) for p, t in zip(preds, truth, strict=True))
     dice = 2 * inter / (sum(int((p > 0).sum()) for p in preds) + int((truth > 0).sum()))
     assert dice > 0.5, dice  # unseen disk positions: it learned "bright blob", not places
+
+
+def test_several_lesion_classes_add_an_any_lesion_dice_and_decode_lesion_first():
+    from downstream.segment import decode
+
+    target = torch.tensor([[[0, 1], [2, 0]]])  # background, class 1, class 2, background
+    # Uniform logits over 3 classes: p = 1/3 everywhere; s = 1.
+    # class 1: (2 * 1/3 + 1) / (4/3 + 1 + 1) = (5/3) / (10/3) = 1/2; class 2 the same.
+    # any lesion: p = 2/3 on 4 pixels, 2 lesion pixels: (2 * 4/3 + 1) / (8/3 + 2 + 1) = (11/3) / (17/3) = 11/17.
+    # Dice loss = 0.5 * (1 - 1/2) + 0.5 * (1 - 11/17) = 0.25 + 3/17.
+    _, parts = dice_ce_loss(torch.zeros(1, 3, 2, 2), target)
+    assert parts["dice_loss"].item() == pytest.approx(0.25 + 3 / 17)
+    # p = (0.4, 0.3, 0.3): a plain argmax says background, lesion-first decoding says
+    # lesion (p_background < 0.5) of the likelier subtype.
+    logits = torch.log(torch.tensor([0.4, 0.3, 0.3]))[None, :, None, None].repeat(1, 1, 1, 2)
+    logits[0, 2, 0, 1] += 0.01  # second pixel: class 2 slightly likelier
+    assert logits.argmax(1).tolist() == [[[0, 0]]]
+    assert decode(logits).tolist() == [[[1, 2]]]
+    assert decode(torch.log(torch.tensor([0.6, 0.3, 0.1]))[None, :, None, None]).item() == 0
