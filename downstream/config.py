@@ -75,6 +75,11 @@ class DetectSpec(RecipeSpec):
     # architecture is then tasks.segment's) or from random weights ("scratch").
     init: str = "segmenter"
     aux_weight: float = 1.0  # weight of the unet backbone's segmentation loss
+    # unet backbone from the segmenter: keep its U-Net fixed and train only the detection
+    # heads (and the lateral 1x1 convolutions) on its features. Several times cheaper per
+    # step; the segmentation loss is then moot.
+    freeze_backbone: bool = False
+    levels: tuple[int, ...] = (1, 2)  # unet backbone: decoder levels fed to the RPN (0 = full resolution)
     backbone_weights: str | None = None  # "imagenet" or a state-dict path; None: from scratch
     arch: str = "attention-unet"  # unet backbone from scratch: its architecture
     base: int = 8

@@ -138,6 +138,15 @@ def load_segmenter_weights(model: FasterRCNN, state: dict[str, Tensor]) -> None:
     model.backbone.unet.load_state_dict(state)
 
 
+def freeze_unet(model: FasterRCNN) -> None:
+    """Fix a unet backbone's U-Net (weights and BatchNorm statistics): only the lateral
+    convolutions, the RPN and the box head train. Its features then need no backward
+    pass, which is most of a training step's cost."""
+    model.backbone.unet.requires_grad_(False)
+    model.backbone.frozen = True
+    model.backbone.train(model.backbone.training)
+
+
 def kmeans_anchors(
     boxes: np.ndarray, *, n_sizes: int = 3, n_ratios: int = 3, seed: int = 0, iters: int = 50,
     min_size: float = 4.0, max_ratio: float = 4.0,
@@ -260,6 +269,13 @@ class UNetBackbone(nn.Module):
         self.lateral = nn.ModuleDict({str(lv): nn.Conv2d(chans[lv], out_channels, 1) for lv in self.levels})
         self.out_channels = out_channels
         self.last_logits: Tensor | None = None
+        self.frozen = False  # `freeze_unet`: the U-Net stays in eval mode
+
+    def train(self, mode: bool = True) -> UNetBackbone:
+        super().train(mode)
+        if self.frozen:
+            self.unet.eval()
+        return self
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         from collections import OrderedDict
@@ -394,6 +410,10 @@ def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
         box_score_thresh=cfg.box_score_thresh,
     )
     model.transform = _NoResize(model.transform)
+    if cfg.backbone == "unet":
+        # Pad batches to what the U-Net needs, not torchvision's 32 (a 48 px patch would
+        # be computed at 64 px).
+        model.transform.size_divisible = 2**cfg.unet_depth
     if cfg.cost_sensitive:
         old = model.rpn
         model.rpn = CostSensitiveRPN(

@@ -146,19 +146,16 @@ class Validator:
 
 
 def still_rising(values: Sequence[float], margin: float = RISING_MARGIN) -> bool:
-    """True when the validation metric was still rising at the end of training.
-
-    Both must hold: the best evaluation is one of the last quarter (at least 2), and the
-    mean of that quarter exceeds the mean of the quarter before by more than ``margin``
-    (absolute). Then more steps would likely have helped, so the run's numbers are not
-    those of a trained model. The first condition keeps a noisy plateau (small
-    validation sets) from being flagged: a run whose best checkpoint lies well before
-    the end had stopped improving.
+    """True when the validation metric was still rising at the end of training: its best
+    value lies in the last third of the evaluations (at least 3), and its least-squares
+    trend over that third gained more than ``margin`` (absolute). Then more steps would likely have
+    helped, and the run's numbers are not those of a trained model. A trend, not the
+    last two points, so that the noise of a small validation set on a plateau is not
+    read as progress.
     """
     v = np.asarray([x for x in values if np.isfinite(x)], float)
     if len(v) < 4:
         return False
-    q = max(len(v) // 4, 2)
-    last, before = v[-q:], v[-2 * q : -q]
-    best_late = int(np.argmax(v)) >= len(v) - q
-    return bool(best_late and len(before) and last.mean() - before.mean() > margin)
+    tail = v[-max(3, -(-len(v) // 3)) :]
+    slope = np.polyfit(np.arange(len(tail), dtype=float), tail, 1)[0]
+    return bool(tail.max() >= v.max() and slope * (len(tail) - 1) > margin)

@@ -145,7 +145,7 @@ def detector_config(spec: DetectSpec, labelled: SliceDataset, size: int, classes
                          box_batch_size_per_image=spec.box_batch_size_per_image,
                          rpn_pre_nms_top_n=tuple(spec.rpn_pre_nms_top_n),
                          rpn_post_nms_top_n=tuple(spec.rpn_post_nms_top_n),
-                         detach_box_head=spec.detach_box_head,
+                         detach_box_head=spec.detach_box_head, unet_levels=tuple(spec.levels),
                          backbone_weights=spec.backbone_weights, seg_classes=max(classes) + 1,
                          unet_base=arch.base, unet_depth=arch.depth,
                          unet_attention=arch.arch == "attention-unet")
@@ -157,7 +157,7 @@ def detector_config(spec: DetectSpec, labelled: SliceDataset, size: int, classes
 
 
 def _detect(spec: DetectSpec, loader, labelled, test_samples, val_samples, dev, classes, seed, segmenter):
-    from downstream.detect import build_detector, detection_loss, load_segmenter_weights, predict
+    from downstream.detect import build_detector, detection_loss, freeze_unet, load_segmenter_weights, predict
     from downstream.evaluation import evaluate_detection
     from downstream.segment import fit, make_optimizer
 
@@ -172,6 +172,8 @@ def _detect(spec: DetectSpec, loader, labelled, test_samples, val_samples, dev, 
     model = build_detector(cfg, num_classes=2)
     if init_from is not None:
         load_segmenter_weights(model, init_from[1])
+        if spec.freeze_backbone:
+            freeze_unet(model)
     model.to(dev)
     opt = make_optimizer(model.parameters(), spec.optimizer, spec.lr)
     val = list(val_samples)
@@ -181,7 +183,8 @@ def _detect(spec: DetectSpec, loader, labelled, test_samples, val_samples, dev, 
 
     t0 = time.perf_counter()
     out = fit(model, opt, _agnostic(loader), dev, steps=spec.steps, schedule=spec.schedule,
-              loss_fn=lambda m, b: detection_loss(m, b, dev, aux_weight=spec.aux_weight),
+              loss_fn=lambda m, b: detection_loss(m, b, dev,
+                                                  aux_weight=0.0 if spec.freeze_backbone else spec.aux_weight),
               validator=Validator(score if val else None, spec.val_every))
     out["train_seconds"] = time.perf_counter() - t0
     preds = predict(model, test_loader(test_samples, spec.window), dev)
@@ -193,7 +196,9 @@ def _detect(spec: DetectSpec, loader, labelled, test_samples, val_samples, dev, 
 
 def _backbone_desc(spec: DetectSpec) -> str:
     if spec.backbone == "unet":
-        return "unet, initialised from the run's segmenter" if spec.init == "segmenter" else "unet, from scratch"
+        if spec.init != "segmenter":
+            return "unet, from scratch"
+        return "unet, the run's segmenter" + (" (frozen)" if spec.freeze_backbone else ", fine-tuned")
     if spec.backbone_weights == "imagenet":
         return f"{spec.backbone}, ImageNet weights (torchvision)"
     if spec.backbone_weights:
