@@ -157,7 +157,13 @@ def detector_config(spec: DetectSpec, labelled: SliceDataset, size: int, classes
 
 
 def _detect(spec: DetectSpec, loader, labelled, test_samples, val_samples, dev, classes, seed, segmenter):
-    from downstream.detect import build_detector, detection_loss, freeze_unet, load_segmenter_weights, predict
+    from downstream.detect import (
+        build_detector,
+        detection_loss,
+        freeze_unet,
+        load_segmenter_weights,
+        predict,
+    )
     from downstream.evaluation import evaluate_detection
     from downstream.segment import fit, make_optimizer
 

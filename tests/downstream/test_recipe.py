@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from augment.sample import Sample
-from downstream.recipe import PatchDataset, Validator, crop_sample, patch_origin, poly_lr, still_rising
+from downstream.recipe import (
+    PatchDataset,
+    Validator,
+    crop_sample,
+    patch_origin,
+    poly_lr,
+    still_rising,
+)
 
 
 def test_poly_lr_hand_values():
