@@ -95,6 +95,8 @@ class DetectSpec(RecipeSpec):
     # thousands of anchors of a 32 px patch was 20 % of a CPU step (downstream.detect).
     rpn_pre_nms_top_n: tuple[int, int] = (1000, 500)
     detach_box_head: bool = False  # unet backbone: box head trained on detached features (faster)
+    rpn_fg_iou_thresh: float = 0.7  # anchor IoU for an RPN positive (torchvision's 0.7; small lesions: 0.5)
+    rpn_bg_iou_thresh: float = 0.3
     rpn_post_nms_top_n: tuple[int, int] = (300, 100)
 
 

@@ -58,6 +58,11 @@ class DetectorConfig:
     alpha: float = 1.0  # weight of positive anchors in the RPN objectness loss
     max_ratio: float = 1.0  # R: negatives per positive adapt within [1, R]
     rpn_batch_size_per_image: int = 256
+    # IoU of an anchor with a lesion box above which it is a positive / below which a
+    # negative (torchvision: 0.7 / 0.3, for photographs). A 4-6 px lesion overlaps no
+    # anchor at 0.7, leaving it one low-quality match at best.
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
     box_detections_per_img: int = 20
     box_score_thresh: float = 0.01
     # Proposals kept before/after the RPN's NMS (train, test). torchvision's 2000/1000 are
@@ -401,6 +406,8 @@ def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]),
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+        rpn_fg_iou_thresh=cfg.rpn_fg_iou_thresh,
+        rpn_bg_iou_thresh=cfg.rpn_bg_iou_thresh,
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n[0],
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n[1],
         rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n[0],
@@ -419,8 +426,8 @@ def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
         model.rpn = CostSensitiveRPN(
             old.anchor_generator,
             old.head,
-            fg_iou_thresh=0.7,
-            bg_iou_thresh=0.3,
+            fg_iou_thresh=cfg.rpn_fg_iou_thresh,
+            bg_iou_thresh=cfg.rpn_bg_iou_thresh,
             batch_size_per_image=cfg.rpn_batch_size_per_image,
             positive_fraction=0.5,
             pre_nms_top_n=dict(old._pre_nms_top_n),

@@ -198,9 +198,13 @@ def _task_section(task: str, rows: list[dict[str, Any]], exp, out: Path, verdict
                                   if math.isfinite(c.get("ci_level", float("nan"))) else "–",
                                   _p(c["p_holm"]), str(c["n_patients"]),
                                   "–" if not math.isfinite(closes) else f"{100 * closes:.0f} %", verdict])
-                if note:
+                if note or blocked & {s, base}:
                     continue
-                verdicts.append(_verdict_sentence(task, label, s, base, b, c, verdict, blocked & {s, base}))
+                verdicts.append(_verdict_sentence(task, label, s, base, b, c, verdict, set()))
+            if blocked and not note and base == "none":
+                verdicts.append(f"{task} at {b} patients: {', '.join(sorted(blocked))} had runs still improving "
+                                f"on the validation split at their last step (†), so no comparison involving "
+                                f"them is made; raise `tasks.{task}.steps`.")
     versus = " and to `classical`" if "classical" in strategies else ""
     blocks.append(Block("h3", f"Difference to `none`{versus} ({label}), paired by test patient"))
     blocks.append(Block("p", "Each test patient's metric (mean over seeds) under a strategy minus the same patient's "
