@@ -285,21 +285,8 @@ class UNetBackbone(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         from collections import OrderedDict
 
-        u = self.unet
-        skips = []
-        for i, enc in enumerate(u.encoders):
-            x = enc(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
-        x = skips.pop()
-        feats = {u.depth: x}
-        for j, (up, dec) in enumerate(zip(u.ups, u.decoders, strict=True)):
-            x = up(x)
-            skip = skips.pop()
-            if u.gates is not None:
-                skip, _ = u.gates[j](skip, x)
-            x = dec(torch.cat([skip, x], dim=1))
-            feats[u.depth - 1 - j] = x
-        self.last_logits = u.head(x)
+        feats = self.unet.levels(x)
+        self.last_logits = self.unet.head(feats[0])
         return OrderedDict((str(lv), self.lateral[str(lv)](feats[lv])) for lv in self.levels)
 
 

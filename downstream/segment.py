@@ -94,7 +94,9 @@ class UNet(nn.Module):
             with torch.no_grad():
                 self.head.bias.copy_(prior.log())
 
-    def forward(self, x: Tensor) -> Tensor:
+    def levels(self, x: Tensor) -> dict[int, Tensor]:
+        """Feature maps by level: ``depth`` is the bottleneck, ``depth - 1`` ... ``0`` the
+        decoder's outputs up to full resolution (a feature pyramid for detection)."""
         if x.shape[-1] % 2**self.depth or x.shape[-2] % 2**self.depth:
             raise ValueError(f"input size {tuple(x.shape[-2:])} must be divisible by {2**self.depth}")
         skips = []
@@ -102,13 +104,18 @@ class UNet(nn.Module):
             x = enc(x if i == 0 else F.max_pool2d(x, 2))
             skips.append(x)
         x = skips.pop()
+        out = {self.depth: x}
         for j, (up, dec) in enumerate(zip(self.ups, self.decoders, strict=True)):
             x = up(x)
             skip = skips.pop()
             if self.gates is not None:
                 skip, _ = self.gates[j](skip, x)
             x = dec(torch.cat([skip, x], dim=1))
-        return self.head(x)
+            out[self.depth - 1 - j] = x
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.levels(x)[0])
 
 
 def dice_ce_loss(logits: Tensor, target: Tensor, *, smooth: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
