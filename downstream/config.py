@@ -214,6 +214,10 @@ def _check_recipe(spec: RecipeSpec, where: str) -> None:
     need(is_int(spec.val_every) and spec.val_every >= 1, f"val_every must be an integer >= 1, got {spec.val_every!r}")
     arch = getattr(spec, "arch", "unet")
     need(arch in ("unet", "attention-unet"), f"arch must be unet or attention-unet, got {arch!r}")
+    depth = getattr(spec, "depth", 0)
+    need(is_int(depth) and depth >= 1, f"depth must be an integer >= 1, got {depth!r}")
+    need(spec.patch is None or spec.patch % 2**depth == 0,
+         f"patch {spec.patch} must be a multiple of 2^depth = {2**depth} (the U-Net halves it depth times)")
 
 
 def load_experiment(path: str | Path) -> Experiment:

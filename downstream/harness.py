@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from augment.anatomy import check_anatomy
 from augment.datasets import SliceDataset
-from augment.errors import DataError
+from augment.errors import ConfigError, DataError
 from augment.sample import (
     Sample,
     budget_patients,
@@ -228,6 +228,7 @@ def run_compare(
     source, target = prepare_data(exp, out / "data")
     kind = source.kind or (exp.data.phantom or "")
     splits = Splits(exp, source, target)
+    _check_sizes(exp, splits)
     classes = {int(k): v for k, v in (source.info.get("classes") or {}).items()} or {1: "lesion"}
     rows: list[dict[str, Any]] = []
     gen_quality: list[dict[str, Any]] = []
@@ -289,6 +290,21 @@ def run_compare(
     write_json_atomic(out / "generator_failures.json", failures)
     return write_report(exp, rows, gen_quality, out, classes=classes, total_seconds=time.perf_counter() - t_start,
                         splits=splits, failures=failures)
+
+
+def _check_sizes(exp: Experiment, splits: Splits) -> None:
+    """Patches and whole slices must fit the U-Nets, before anything is trained."""
+    side = min(min(s.image.shape) for s in splits.test_samples)
+    for task, spec in exp.tasks.items():
+        depth = getattr(spec, "depth", None)
+        if task == "detect":
+            depth = None if spec.backbone != "unet" else (
+                exp.tasks["segment"].depth if spec.init == "segmenter" else spec.depth)
+        if spec.patch is not None and spec.patch > side:
+            raise ConfigError(f"tasks.{task}.patch {spec.patch} is larger than the {side} px slices")
+        if depth and side % 2**depth:
+            raise ConfigError(f"tasks.{task}: {side} px slices are not a multiple of 2^depth = {2**depth}; "
+                              "import at another --size or lower depth")
 
 
 def _baselines(exp: Experiment):

@@ -5,6 +5,7 @@ section, and a cached rerun that recomputes nothing."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -164,3 +165,29 @@ def test_same_seed_same_numbers(compared, tmp_path):
                        json.dumps(r["val_curve"])) for r in rows)
 
     assert numbers(tmp_path) == numbers(out)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"tasks": {"segment": {**TINY["tasks"]["segment"], "patch": 30}}}, "multiple of 2^depth"),
+    ({"tasks": {"segment": {**TINY["tasks"]["segment"], "steps": "abc"}}}, "steps must be an integer"),
+    ({"tasks": {"segment": {**TINY["tasks"]["segment"], "lr": "fast"}}}, "lr must be a number"),
+    ({"budgets": [-1]}, "budgets: values must be >= 1"),
+    ({"budgets": "abc"}, "budgets: expected a list of integers"),
+    ({"ceiling": ["pix2pix"]}, "uses generators"),
+    ({"tasks": {"detect": TINY["tasks"]["detect"]}}, "init: segmenter needs a tasks.segment section"),
+])  # fmt: skip
+def test_bad_configs_fail_before_any_work(change, message):
+    from augment.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        experiment_from_dict({**TINY, **change})
+
+
+def test_a_patch_larger_than_the_slices_is_refused_before_training(tmp_path, monkeypatch):
+    import gan.trainer
+    from augment.errors import ConfigError
+
+    monkeypatch.setattr(gan.trainer, "train", lambda *a, **k: pytest.fail("trained before checking sizes"))
+    raw = {**TINY, "tasks": {"segment": {**TINY["tasks"]["segment"], "patch": 96}}}
+    with pytest.raises(ConfigError, match="larger than the 64 px slices"):
+        run_compare(experiment_from_dict(raw), out=tmp_path, progress=False)
