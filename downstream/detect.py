@@ -37,11 +37,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
-from augment.errors import ConfigError, LesionforgeError
-
-
-class NonFiniteDetectionLoss(LesionforgeError):
-    """A detection loss became NaN/inf."""
+from augment.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -452,30 +448,12 @@ def train_one_epoch(
     *,
     max_steps: int | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; mean of each loss of torchvision's loss dict."""
-    model.train()
-    totals: dict[str, float] = {}
-    n = 0
-    for step, batch in enumerate(loader):
-        if max_steps is not None and step >= max_steps:
-            break
-        images, targets = to_detection_inputs(batch, device, input_channels(model))
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise NonFiniteDetectionLoss(
-                f"detection loss became {float(loss)} at step {step} ({ {k: float(v) for k, v in losses.items()} })"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        for k, v in losses.items():
-            totals[k] = totals.get(k, 0.0) + float(v.detach())
-        totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
-        n += 1
-    out = {k: v / max(n, 1) for k, v in totals.items()}
-    out["steps"] = n
-    return out
+    """One pass over ``loader`` at a constant learning rate; the mean of each loss of
+    `detection_loss` (`downstream.segment.fit` without schedule or validation)."""
+    from downstream.segment import fit
+
+    return fit(model, optimizer, loader, device, steps=max_steps if max_steps is not None else 2**62,
+               schedule="constant", loss_fn=lambda m, b: detection_loss(m, b, device))
 
 
 @torch.no_grad()

@@ -6,7 +6,6 @@ functions over a model, an optimizer and a loader, returning numbers.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -165,28 +164,10 @@ def train_one_epoch(
     *,
     max_steps: int | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader`` (batches from `augment.datasets.collate`); mean losses."""
-    model.train()
-    totals: dict[str, Tensor] = {}
-    n = 0
-    for step, batch in enumerate(loader):
-        if max_steps is not None and step >= max_steps:
-            break
-        x = batch["image"].to(device, non_blocking=True)
-        y = batch["mask"].to(device, non_blocking=True)
-        loss, parts = dice_ce_loss(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        parts["loss"] = loss.detach()
-        for k, v in parts.items():
-            totals[k] = totals.get(k, 0) + v
-        n += 1
-    out = {k: float(v) / max(n, 1) for k, v in totals.items()}
-    if n and not math.isfinite(out["loss"]):
-        raise NonFiniteLossError(f"segmentation loss became {out['loss']} during training")
-    out["steps"] = n
-    return out
+    """One pass over ``loader`` (batches from `augment.datasets.collate`) at a constant
+    learning rate, with Dice + CE; mean losses (`fit` without schedule or validation)."""
+    return fit(model, optimizer, loader, device, steps=max_steps if max_steps is not None else 2**62,
+               schedule="constant", loss_fn=lambda m, b: segmentation_loss(m, b, device))
 
 
 def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
