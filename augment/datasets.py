@@ -11,6 +11,7 @@ DataLoader workers or on the order workers fetch items.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,14 +22,18 @@ import torch
 from torch.utils.data import Dataset
 
 from augment.errors import ConfigError, DataError
+from augment.info import HuAudit, report
 from augment.sample import (
     Sample,
     budget_patients,
+    dataset_classes,
     load_sample,
     read_dataset,
     split_by_patient,
 )
 from augment.window import Window, get_window
+
+log = logging.getLogger(__name__)
 
 Augmenter = Callable[[Sample, np.random.Generator], Sample]
 
@@ -42,6 +47,12 @@ class SliceDataset(Dataset):
         seed: seed of the per-index generators.
         indices: a subset of manifest positions (e.g. one split).
         cache: keep loaded slices in memory (small 2D sets fit easily).
+        verify: read every file now and check it against the manifest's sha256.
+        strict: read every file now; implausible HU or a constant image is a
+            `DataError` (with ``verify`` alone they are logged as warnings).
+
+    A mask value that is not one of ``dataset.json``'s classes is a `DataError` when
+    the slice is loaded.
     """
 
     def __init__(
@@ -52,14 +63,29 @@ class SliceDataset(Dataset):
         seed: int = 0,
         indices: Sequence[int] | None = None,
         cache: bool = True,
+        verify: bool = False,
+        strict: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.info, records = read_dataset(self.folder)
+        self.classes = dataset_classes(self.info)
         self.records = records if indices is None else [records[i] for i in indices]
         self.transform = transform
         self.seed = seed
         self.epoch = 0
         self._cache: dict[int, Sample] | None = {} if cache else None
+        if verify or strict:
+            self._check(verify=verify, strict=strict)
+
+    def _check(self, *, verify: bool, strict: bool) -> None:
+        """Read every listed file once (filling the cache): sha256, HU and constant images."""
+        audit = HuAudit("image")
+        for i, record in enumerate(self.records):
+            sample = load_sample(self.folder, record, verify=verify, classes=self.classes)
+            audit.add(str(self.folder), record["image"], sample.image)
+            if self._cache is not None:
+                self._cache[i] = sample
+        report(audit.pop(), strict=strict, logger=log)
 
     @property
     def kind(self) -> str:
@@ -81,9 +107,9 @@ class SliceDataset(Dataset):
     def load(self, i: int) -> Sample:
         """Item ``i`` without augmentation."""
         if self._cache is None:
-            return load_sample(self.folder, self.records[i])
+            return load_sample(self.folder, self.records[i], classes=self.classes)
         if i not in self._cache:
-            self._cache[i] = load_sample(self.folder, self.records[i])
+            self._cache[i] = load_sample(self.folder, self.records[i], classes=self.classes)
         return self._cache[i].copy()
 
     def __getitem__(self, i: int) -> Sample:
@@ -95,9 +121,10 @@ class SliceDataset(Dataset):
     def subset(self, indices: Sequence[int]) -> SliceDataset:
         """A dataset over some of these items (same folder, transform and seed)."""
         out = SliceDataset.__new__(SliceDataset)
-        out.folder, out.info, out.transform, out.seed, out.epoch = (
+        out.folder, out.info, out.classes, out.transform, out.seed, out.epoch = (
             self.folder,
             self.info,
+            self.classes,
             self.transform,
             self.seed,
             self.epoch,

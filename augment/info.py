@@ -5,12 +5,19 @@ definition `boxes_from_mask` uses for boxes), so a lesion spanning five slices c
 five times. HU statistics are per class over all its pixels, plus "background in
 body": class-0 pixels inside the body outline (``HU > BODY_HU``, holes filled), so that
 air around the patient does not swamp the comparison with lesion HU.
+
+`HuAudit` flags images that cannot be CT in HU (values outside `HU_PLAUSIBLE`) and
+constant images, one line per source; `data info` and `data import` log them as
+warnings, or fail on them with ``--strict`` (`report`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +25,20 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from augment.sample import load_sample, read_dataset
+from augment.errors import DataError
+from augment.sample import dataset_classes, load_sample, read_dataset
+
+log = logging.getLogger(__name__)
 
 # Air is about -1000 HU, lung about -800, fat about -100: -500 separates body from air.
 BODY_HU = -500.0
 BACKGROUND = "background_in_body"
+
+# CT values a scan in HU can hold: air is -1000, dense bone and iodine contrast stay
+# below about 3000. Outside this range the values are not HU (wrong or missing rescale
+# slope/intercept, an integer export) or the file is corrupt.
+HU_PLAUSIBLE = (-2000.0, 4000.0)
+_EXAMPLES = 3  # items named per aggregated problem
 
 # HU percentiles come from a 1-HU histogram over the CT range (bins centred on whole
 # HU, so whole-HU data gives exact percentiles); values outside are counted at the edges.
@@ -69,6 +85,84 @@ class _HuStats:
         }
 
 
+def report(problems: Iterable[str], *, strict: bool, logger: logging.Logger = log) -> None:
+    """Log each problem as a warning, or raise the first as a `DataError` when ``strict``."""
+    for problem in problems:
+        if strict:
+            raise DataError(f"{problem} (an error under --strict)")
+        logger.warning("%s", problem)
+
+
+@dataclass
+class _Hits:
+    n: int = 0
+    implausible: list[str] = field(default_factory=list)
+    low: float = np.inf
+    high: float = -np.inf
+    constant: list[tuple[str, float]] = field(default_factory=list)
+
+
+class HuAudit:
+    """Implausible HU and constant images, reported once per source, not once per slice.
+
+    ``add(source, item, image)`` for every image (``source`` a volume, series or
+    dataset folder; ``item`` names the image inside it, e.g. ``"slice 12"``); `pop` then
+    gives one line per source and kind of problem, e.g.
+    ``"vol.nii.gz: 12 of 40 slices are constant (slice 0, slice 1, slice 2, ...; every pixel 0 HU)"``.
+    Costs one min and one max per image.
+    """
+
+    def __init__(self, unit: str = "slice") -> None:
+        self.unit = unit
+        self._sources: dict[str, _Hits] = {}
+
+    def add(self, source: str, item: str, image: np.ndarray) -> None:
+        hits = self._sources.setdefault(source, _Hits())
+        hits.n += 1
+        if image.size == 0:
+            return
+        low, high = float(np.min(image)), float(np.max(image))
+        if low == high:
+            hits.constant.append((item, low))
+        if low < HU_PLAUSIBLE[0] or high > HU_PLAUSIBLE[1]:
+            hits.implausible.append(item)
+            hits.low, hits.high = min(hits.low, low), max(hits.high, high)
+
+    def pop(self, source: str | None = None) -> list[str]:
+        """The problems found in ``source`` (every source when None); forgotten once returned."""
+        names = list(self._sources) if source is None else [source] * (source in self._sources)
+        problems: list[str] = []
+        for name in names:
+            hits = self._sources.pop(name)
+            if hits.implausible:
+                lo, hi = HU_PLAUSIBLE
+                problems.append(
+                    self._line(
+                        name,
+                        hits.n,
+                        hits.implausible,
+                        f"HU outside [{lo:g}, {hi:g}]",
+                        ("has", "have"),
+                        f"min {hits.low:.6g}, max {hits.high:.6g}",
+                    )
+                    + "; wrong rescale slope/intercept, or not CT?"
+                )
+            if hits.constant:
+                items = [item for item, _ in hits.constant]
+                detail = f"every pixel {hits.constant[0][1]:.6g} HU"
+                problems.append(self._line(name, hits.n, items, "constant", ("is", "are"), detail))
+        return problems
+
+    def _line(
+        self, source: str, n: int, items: list[str], what: str, verbs: tuple[str, str], detail: str
+    ) -> str:
+        if n == 1:
+            return f"{source}: {'constant image' if what == 'constant' else what} ({detail})"
+        named = ", ".join(items[:_EXAMPLES]) + (", ..." if len(items) > _EXAMPLES else "")
+        verb = verbs[len(items) > 1]
+        return f"{source}: {len(items)} of {n} {self.unit}s {verb} {what} ({named}; {detail})"
+
+
 def _summary(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
@@ -79,8 +173,23 @@ def _summary(values: list[float]) -> dict[str, float] | None:
     }
 
 
-def dataset_info(folder: str | os.PathLike, *, progress: bool = False) -> dict[str, Any]:
+def dataset_info(
+    folder: str | os.PathLike,
+    *,
+    progress: bool = False,
+    verify: bool = False,
+    strict: bool = False,
+    audit: bool = True,
+) -> dict[str, Any]:
     """Summarise a dataset folder (reads every image and mask once).
+
+    Args:
+        folder: a dataset folder.
+        progress: show a tqdm bar.
+        verify: check every file against the manifest's sha256 (a mismatch is a `DataError`).
+        strict: implausible HU and constant images are a `DataError`, not a warning.
+        audit: look for implausible HU and constant images at all (``data import``
+            has already done so on the source files).
 
     Returns:
         A JSON-able dict: ``n_samples``, ``n_patients``, ``n_lesion_slices``,
@@ -89,11 +198,14 @@ def dataset_info(folder: str | os.PathLike, *, progress: bool = False) -> dict[s
         min-max, or None), ``lesions`` per class id (``count``, ``slices``, ``size_px``
         and ``size_mm2`` as ``{min, median, max}``, mm² over lesions whose slice has a
         known spacing), and ``hu`` per class id plus ``"background_in_body"``
-        (``pixels, mean, sd, p1, p99``).
+        (``pixels, mean, sd, p1, p99``), and ``problems`` (the warnings logged: lines
+        naming the folder and the files).
     """
     folder = Path(folder)
     info, records = read_dataset(folder)
     classes = {str(k): v for k, v in (info.get("classes") or {}).items()}
+    known = dataset_classes(info, folder / "dataset.json")
+    hu_audit = HuAudit("image")
     default_spacing = info.get("spacing")
     structure = np.ones((3, 3), dtype=bool)
     sizes = Counter()
@@ -106,8 +218,10 @@ def dataset_info(folder: str | os.PathLike, *, progress: bool = False) -> dict[s
     class_slices: Counter[int] = Counter()
     hu: dict[str, _HuStats] = {BACKGROUND: _HuStats()}
     for record in tqdm(records, desc=f"info {folder.name}", unit="slice", disable=not progress):
-        sample = load_sample(folder, record)
+        sample = load_sample(folder, record, verify=verify, classes=known)
         image, mask = sample.image, sample.mask
+        if audit:
+            hu_audit.add(str(folder), record["image"], image)
         sizes[image.shape] += 1
         patients.add(sample.patient_id)
         if record.get("synthetic"):
@@ -132,6 +246,8 @@ def dataset_info(folder: str | os.PathLike, *, progress: bool = False) -> dict[s
             entry["px"].extend(float(v) for v in px)
             if pixel_mm2 is not None:
                 entry["mm2"].extend(float(v) * pixel_mm2 for v in px)
+    problems = hu_audit.pop()
+    report(problems, strict=strict)
     spacing_mm = None
     if spacings:
         rows, cols = zip(*spacings, strict=True)
@@ -164,6 +280,7 @@ def dataset_info(folder: str | os.PathLike, *, progress: bool = False) -> dict[s
         "hu": {
             key: hu[key].result() for key in [BACKGROUND, *sorted(set(hu) - {BACKGROUND}, key=int)]
         },
+        "problems": problems,
     }
 
 

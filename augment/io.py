@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from augment.anatomy import check_anatomy
 from augment.errors import ConfigError, DataError
+from augment.info import HuAudit, report
 from augment.io_boxes import export_boxes, read_coco, read_voc, write_coco, write_voc
 from augment.io_volumes import (
     NIFTI_RE,
@@ -252,12 +253,16 @@ def _detect(src: Path) -> str:
     has_nifti = any(NIFTI_RE.search(p.name) for p in files)
     has_dicom = any(is_dicom(p) for p in files)
     if has_nifti and has_dicom:
-        raise DataError(f"{src}: holds both NIfTI and DICOM files; pass fmt='nifti' or 'dicom'")
+        raise DataError(f"{src}: holds both NIfTI and DICOM files; choose one with --format nifti|dicom")
     if has_nifti or has_dicom:
         return "nifti" if has_nifti else "dicom"
-    kinds = {p.suffix.lower() for p in files} & {".png", ".npy"}
+    # Slice layouts: the images decide (NPY images with PNG masks is the usual one).
+    img_dir = next((src / d for d in _IMAGE_DIRS if (src / d).is_dir()), src)
+    mask_dirs = [src / d for d in _MASK_DIRS if (src / d).is_dir()]
+    images = [p for p in files if p.is_relative_to(img_dir) and not any(p.is_relative_to(m) for m in mask_dirs)]
+    kinds = {p.suffix.lower() for p in images} & {".png", ".npy"}
     if len(kinds) == 2:
-        raise DataError(f"{src}: holds both PNG and NPY slices; pass fmt='png' or 'npy'")
+        raise DataError(f"{img_dir}: holds both PNG and NPY slices; choose one with --format png|npy")
     if kinds:
         return kinds.pop()[1:]
     raise DataError(f"{src}: no NIfTI, DICOM, PNG or NPY files found")
@@ -312,6 +317,11 @@ def _class_names(label_map: LabelMap, seen: list[int], names: dict[int, str]) ->
 # ---------------------------------------------------------------------------- entry
 
 
+# Largest slice side --size accepts: 4x a 1024 CT matrix; beyond it one float32 slice
+# is > 256 MiB and a typo (100000) would ask for tens of GiB.
+MAX_SLICE_SIZE = 4096
+
+
 def import_dataset(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -325,6 +335,7 @@ def import_dataset(
     anatomy: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    strict: bool = False,
 ) -> Path:
     """Import scans into a dataset folder (float32 HU ``.npy``, mask ``.png``, manifest).
 
@@ -351,6 +362,10 @@ def import_dataset(
             by it; without it they refuse to guess.
         overwrite: replace an existing ``out``.
         progress: show a tqdm bar over cases.
+        strict: make these warnings errors: imported slices with HU outside
+            ``augment.info.HU_PLAUSIBLE`` or all pixels equal (reported once per volume
+            or series, naming it), a ``lesion_labels`` value found in no mask, a DICOM
+            file without RescaleSlope/RescaleIntercept.
 
     Returns:
         ``out``.
@@ -366,8 +381,10 @@ def import_dataset(
         raise ConfigError(
             f"unknown slice selection {slices!r}; use one of {', '.join(SLICE_MODES)}"
         )
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 2):
-        raise ConfigError(f"size must be an integer >= 2, got {size!r}")
+    if size is not None and (
+        isinstance(size, bool) or not isinstance(size, int) or not 2 <= size <= MAX_SLICE_SIZE
+    ):
+        raise ConfigError(f"--size must be an integer in 2..{MAX_SLICE_SIZE}, got {size!r}")
     label_map = LabelMap.from_spec(lesion_labels)
     if anatomy is not None:
         check_anatomy(anatomy, "import")
@@ -400,25 +417,54 @@ def import_dataset(
     }
     unit = "file" if resolved in ("png", "npy") else "case"
     with (
-        DatasetWriter(out, kind="import", config=config, overwrite=overwrite) as writer,
+        DatasetWriter(
+            out, kind="import", config=config, overwrite=overwrite,
+            inputs=[src] + ([masks] if masks else []),
+        ) as writer,
         tqdm(cases, desc=f"import {src.name}", unit=unit, disable=not progress) as bar,
     ):
         seen: set[int] = set()
         spacings: set[tuple[float, ...]] = set()
+        volumes = resolved in ("nifti", "dicom")
+        hu_audit = HuAudit()
+        # Mapped source labels not yet found in any mask, and the label values seen
+        # while looking (only then: once all are found the search stops).
+        unfound = {label for label, cls in (label_map.table or {}).items() if cls}
+        present: set[int] = set()
         for case in bar:
             if resolved == "nifti":
                 raws = nifti_slices(case, src)
             elif resolved == "dicom":
-                raws = dicom_slices(case, src)
+                raws = dicom_slices(case, src, strict=strict)
             else:
                 raws = _file_slices(case, src, win)
+            source = str(case.image) if volumes else str(src)
             for raw in raws:
-                sample = _make_sample(raw, label_map, slices, size)
+                sample = _make_sample(raw, label_map, slices, size)  # validates the labels
+                if unfound and raw.labels is not None:
+                    present.update(int(v) for v in np.unique(raw.labels))
+                    unfound -= present
                 if sample is None:
                     continue
+                item = f"slice {raw.meta['slice_index']}" if volumes else raw.meta["source_file"]
+                hu_audit.add(source, item, raw.hu)
                 writer.add(sample)
                 seen.update(int(v) for v in np.unique(sample.mask) if v)
                 spacings.add(tuple(sample.meta["spacing"] or ()))
+            if volumes:  # one report per volume, as soon as it is read
+                report(hu_audit.pop(source), strict=strict, logger=log)
+        report(hu_audit.pop(), strict=strict, logger=log)
+        if unfound:
+            values = ", ".join(map(str, sorted(unfound)))
+            found = ", ".join(map(str, sorted(present))) if present else "none: no masks"
+            report(
+                [
+                    f"{src}: lesion label {values} (lesion_labels) matches no voxel in any "
+                    f"mask (label values present: {found})"
+                ],
+                strict=strict,
+                logger=log,
+            )
         if not writer.records:
             raise DataError(f"{src}: no slices selected (slices={slices!r})")
         names = msd_label_names(src) if layout == "msd" else {}

@@ -27,6 +27,7 @@ import pydicom
 from pydicom.pixels import apply_modality_lut
 
 from augment.errors import ConfigError, DataError
+from augment.info import report
 
 log = logging.getLogger(__name__)
 
@@ -339,14 +340,33 @@ def dicom_cases(src: Path, mask_dir: Path | None) -> tuple[str, list[Case]]:
     return "dicom", with_masks
 
 
-def _series_volume(case: Case) -> tuple[Volume, np.ndarray, tuple[int, ...], list[Path], bool]:
-    """A series as ``(volume, RAS affine, stored (n, rows, cols), sorted files, spacing known)``."""
+def _series_volume(
+    case: Case, strict: bool = False
+) -> tuple[Volume, np.ndarray, tuple[int, ...], list[Path], bool]:
+    """A series as ``(volume, RAS affine, stored (n, rows, cols), sorted files, spacing known)``.
+
+    Files without RescaleSlope/RescaleIntercept (or a modality LUT) have their stored
+    values taken as HU: a warning, or a `DataError` when ``strict``.
+    """
     dss = [(p, _dcmread(p)) for p in case.files]
     p0, ds0 = dss[0]
     if int(ds0.get("NumberOfFrames", 1) or 1) > 1:
         raise DataError(
             f"{p0}: multi-frame DICOM is not supported; convert it to NIfTI (e.g. dcm2niix)"
         )
+    unscaled = [
+        p
+        for p, ds in dss
+        if not ("RescaleSlope" in ds and "RescaleIntercept" in ds)
+        and "ModalityLUTSequence" not in ds
+    ]
+    if unscaled:
+        some = "all" if len(unscaled) == len(dss) else f"{len(unscaled)} of"
+        problem = (
+            f"{case.image}: DICOM without RescaleSlope/RescaleIntercept ({some} {len(dss)} files, "
+            f"e.g. {unscaled[0].name}); stored values taken as HU"
+        )
+        report([problem], strict=strict, logger=log)
     iop = np.asarray([float(v) for v in ds0.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])])
     row_cos, col_cos = iop[:3], iop[3:]  # directions of increasing column, increasing row
     normal = np.cross(row_cos, col_cos)
@@ -396,8 +416,8 @@ def _series_volume(case: Case) -> tuple[Volume, np.ndarray, tuple[int, ...], lis
     return vol, affine, stack.shape, [p for p, _ in dss], ps is not None
 
 
-def dicom_slices(case: Case, root: Path) -> Iterator[RawSlice]:
-    vol, affine, shape, files, spacing = _series_volume(case)
+def dicom_slices(case: Case, root: Path, *, strict: bool = False) -> Iterator[RawSlice]:
+    vol, affine, shape, files, spacing = _series_volume(case, strict)
     msk = None
     if case.mask is not None and case.mask.suffix.lower() == ".npy":
         array = load_npy(case.mask)

@@ -76,7 +76,8 @@ _RENDER: dict[str, Callable[[Grid, int, int, int], Anatomy]] = {
 MIN_SIZE, MAX_SIZE = 32, 1024
 
 
-def _check(kind: str, domain: str, size: int) -> None:
+def check_phantom_args(kind: str, domain: str, size: int) -> None:
+    """The phantom's kind, domain and size, checked (`ConfigError` naming the bad one)."""
     if kind not in KINDS:
         raise ConfigError(f"phantom: unknown kind {kind!r}; known: {', '.join(KINDS)}")
     if domain not in DOMAINS:
@@ -89,7 +90,7 @@ def _check(kind: str, domain: str, size: int) -> None:
 
 def spacing(kind: str, size: int) -> list[float]:
     """Pixel spacing ``[row_mm, col_mm]`` of a phantom kind at ``size`` pixels."""
-    _check(kind, "A", size)
+    check_phantom_args(kind, "A", size)
     px = FOV_MM[kind] / size
     return [px, px]
 
@@ -105,7 +106,7 @@ def render_anatomy(
     named in ``TISSUES[kind]``; ``anatomy.regions`` the lesion-free regions
     (head: intracranial, parenchyma, ventricles, subarachnoid; liver: body, liver).
     """
-    _check(kind, "A", size)
+    check_phantom_args(kind, "A", size)
     if patient < 0 or slice_index < 0:
         raise ConfigError(f"phantom: patient and slice must be >= 0, got {patient}, {slice_index}")
     return _RENDER[kind](Grid(int(size), FOV_MM[kind]), seed, patient, slice_index)
@@ -131,7 +132,7 @@ def render_slice(
         can label; in the head it stops `augment.phantom_head.BONE_RIM_PX` pixels
         short of the skull, where the bone's partial volume dominates the image.
     """
-    _check(kind, domain, size)
+    check_phantom_args(kind, domain, size)
     protocol = _PROTOCOLS[domain]
     grid = Grid(int(size), FOV_MM[kind])
     anatomy = render_anatomy(kind, patient, slice_index, size=size, seed=seed)
@@ -182,7 +183,7 @@ def phantom_samples(
     slices per patient the extra ones are mostly lesion-free. Arguments are checked
     here, at the call, not at the first slice.
     """
-    _check(kind, domain, size)
+    check_phantom_args(kind, domain, size)
     if n < 0:
         raise ConfigError(f"phantom: number of slices must be >= 0, got {n}")
     if slices_per_patient < 1:
@@ -248,7 +249,7 @@ def write_phantom(
     Returns:
         ``out`` as a Path.
     """
-    _check(kind, domain, size)
+    check_phantom_args(kind, domain, size)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ConfigError(f"phantom: number of slices must be an integer >= 1, got {n!r}")
     if slices_per_patient < 1:
@@ -273,14 +274,11 @@ def write_phantom(
             "tissues": {str(k): v for k, v in TISSUES[kind].items()},
         },
     }
-    bar = None
-    if progress is True:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=n, desc=f"phantom {kind} {domain}", unit="slice")
-    step = progress if callable(progress) else (bar.update if bar is not None else None)
-    try:
-        with DatasetWriter(
+    # The writer checks the output before any slice is rendered or a bar is drawn.
+    with (
+        DatasetWriter(
             out,
             kind="phantom",
             config=config,
@@ -288,13 +286,12 @@ def write_phantom(
             spacing=spacing(kind, size),
             overwrite=overwrite,
             extra=extra,
-        ) as writer:
-            for sample in samples:
-                writer.add(sample)
-                if step is not None:
-                    step(1)
-    finally:
-        if bar is not None:
-            bar.close()
+        ) as writer,
+        tqdm(total=n, desc=f"phantom {kind} {domain}", unit="slice", disable=progress is not True) as bar,
+    ):
+        step = progress if callable(progress) else bar.update
+        for sample in samples:
+            writer.add(sample)
+            step(1)
     log.info("wrote %d %s phantom slices (domain %s) to %s", n, kind, domain, out)
     return Path(out)

@@ -223,15 +223,74 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+# Staging names beside an output NAME: ``.NAME.tmp-PID`` (a file being written),
+# ``.NAME.partial-PID`` (a folder being written), ``.NAME.old-PID`` (the replaced
+# output, deleted after the rename). PID is the writing process.
+_STAGING_RE = re.compile(r"^\.(?P<name>.+)\.(?:tmp|partial|old)-(?P<pid>\d+)$")
+
+
+def staging_name(path: str | os.PathLike, role: str) -> Path:
+    """``.NAME.<role>-PID`` beside ``path``: where this process stages it (role: tmp|partial|old)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{role}-{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_staging(path: str | os.PathLike) -> list[Path]:
+    """Delete the staging files/folders of ``path`` left by processes that no longer run.
+
+    A kill -9 during a write leaves ``.NAME.tmp-PID`` (or ``.partial-``/``.old-``)
+    beside ``path``; the next writer of ``path`` removes them. Those of a live process
+    (another writer at work) are left alone. Returns what was removed.
+    """
+    path = Path(path)
+    removed: list[Path] = []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _STAGING_RE.match(entry.name)
+        if not m or m["name"] != path.name or _pid_alive(int(m["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary name beside ``path``, then rename: never a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; expected a file name here")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{path.parent}: cannot create the folder ({e.strerror or e})") from None
+    remove_stale_staging(path)
+    tmp = staging_name(path, "tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot write ({e.strerror or e})") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -268,10 +327,10 @@ class DatasetWriter:
         spacing: Sequence[float] | None = None,
         overwrite: bool = False,
         extra: dict[str, Any] | None = None,
+        inputs: Sequence[str | os.PathLike] = (),
     ) -> None:
         self.out = Path(out)
-        if self.out.exists() and not overwrite:
-            raise DataError(f"{self.out}: already exists (use --overwrite to replace it)")
+        check_replaceable(self.out, overwrite=overwrite, inputs=inputs)
         self.kind = kind
         self.config = config or {}
         self.classes = classes or {}
@@ -282,12 +341,17 @@ class DatasetWriter:
         self.staging: Path | None = None
 
     def __enter__(self) -> DatasetWriter:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
-        if self.staging.exists():
-            shutil.rmtree(self.staging)
-        (self.staging / "img").mkdir(parents=True)
-        (self.staging / "mask").mkdir()
+        self.staging = staging_name(self.out, "partial")
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_staging(self.out)
+            if self.staging.exists():
+                shutil.rmtree(self.staging)
+            (self.staging / "img").mkdir(parents=True)
+            (self.staging / "mask").mkdir()
+        except OSError as e:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise DataError(f"{self.out}: cannot write here ({e.strerror or e})") from None
         return self
 
     def add(self, sample: Sample) -> dict[str, Any]:
@@ -353,11 +417,52 @@ class DatasetWriter:
         )
         old = None
         if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
+            old = staging_name(self.out, "old")
             os.replace(self.out, old)
         os.replace(self.staging, self.out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def is_dataset_folder(path: Path) -> bool:
+    """True when ``path`` is a folder lesionforge wrote (its ``dataset.json`` says so)."""
+    try:
+        info = json.loads((path / DATASET_JSON).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("format") == FORMAT
+
+
+def check_replaceable(
+    out: Path,
+    *,
+    overwrite: bool,
+    inputs: Sequence[str | os.PathLike] = (),
+    ours: Any = is_dataset_folder,
+    what: str = "a lesionforge dataset folder",
+) -> None:
+    """Refuse to write ``out`` unless it is new, or ``overwrite`` and lesionforge wrote it.
+
+    ``--overwrite`` replaces only what lesionforge made (``ours(out)``, or an empty
+    folder); never a user's folder or file, and never a folder that holds one of
+    ``inputs`` (the scans being read).
+    """
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise DataError(f"{out}: already exists (use --overwrite to replace it)")
+    if out.is_symlink() or not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; --overwrite replaces only {what}")
+    resolved = out.resolve()
+    for src in inputs:
+        src_path = Path(src).resolve()
+        if src_path == resolved or src_path.is_relative_to(resolved):
+            raise DataError(f"{out}: holds the input {src}; choose another output folder")
+    if not ours(out) and any(out.iterdir()):
+        raise DataError(
+            f"{out}: not {what}; --overwrite replaces only what lesionforge wrote "
+            "(remove it yourself or choose another output folder)"
+        )
 
 
 def write_dataset(
@@ -371,7 +476,16 @@ def write_dataset(
 
 
 def read_dataset(folder: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``(dataset.json contents, manifest records)`` of a complete dataset folder."""
+    """``(dataset.json contents, manifest records)`` of a complete dataset folder.
+
+    Every record is checked before any file is read: a JSON object with a unique,
+    file-safe ``id``; ``image``/``mask`` paths inside the folder; ``boxes`` as
+    ``[x1, y1, x2, y2]`` finite numbers with ``x1 < x2``, ``y1 < y2``; one integer
+    label >= 1 per box, among ``dataset.json``'s ``classes`` when it names any.
+
+    Raises:
+        DataError: naming ``manifest.jsonl:LINE`` (or ``dataset.json``) and the problem.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
@@ -388,9 +502,13 @@ def read_dataset(folder: str | os.PathLike) -> tuple[dict[str, Any], list[dict[s
         info = json.loads(info_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{info_path}: corrupt JSON ({e})") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{info_path}: expected a JSON object, got {_json_type(info)}")
+    known = dataset_classes(info, info_path)
     if not manifest_path.exists():
         raise DataError(f"{manifest_path}: missing")
     records = []
+    first_line: dict[str, int] = {}
     for n, line in enumerate(manifest_path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -398,13 +516,95 @@ def read_dataset(folder: str | os.PathLike) -> tuple[dict[str, Any], list[dict[s
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{manifest_path}:{n}: corrupt JSON line ({e})") from None
-        for key in ("id", "image", "mask"):
-            if key not in rec:
-                raise DataError(f"{manifest_path}:{n}: record has no {key!r}")
+        problem = _record_problem(rec, known)
+        if problem:
+            raise DataError(f"{manifest_path}:{n}: {problem}")
+        if rec["id"] in first_line:
+            raise DataError(
+                f"{manifest_path}:{n}: id {rec['id']!r} already used on line {first_line[rec['id']]}"
+            )
+        first_line[rec["id"]] = n
         records.append(rec)
     if not records:
         raise DataError(f"{manifest_path}: no samples")
     return info, records
+
+
+def dataset_classes(info: dict[str, Any], where: str | os.PathLike = DATASET_JSON) -> set[int]:
+    """The class ids ``dataset.json`` names (``"classes": {"1": "IPH", ...}``); empty when none."""
+    classes = info.get("classes") or {}
+    if not isinstance(classes, dict):
+        raise DataError(
+            f"{where}: 'classes' must map class ids to names, got {_json_type(classes)}"
+        )
+    ids = set()
+    for key in classes:
+        try:
+            cls = int(key)
+        except (TypeError, ValueError):
+            cls = -1
+        if not 1 <= cls <= 255:
+            raise DataError(f"{where}: class id {key!r} is not an integer in 1..255")
+        ids.add(cls)
+    return ids
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    return names.get(type(value), f"the number {value}" if isinstance(value, int | float) else "?")
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return bool(np.isfinite(value))
+
+
+def _record_problem(rec: Any, known: set[int]) -> str | None:
+    """What is wrong with one manifest record, or None."""
+    if not isinstance(rec, dict):
+        return f"expected a JSON object, got {_json_type(rec)}"
+    for key in ("id", "image", "mask"):
+        if key not in rec:
+            return f"record has no {key!r}"
+    sid = rec["id"]
+    if not isinstance(sid, str) or not _ID_RE.match(sid):
+        return f"id {sid!r} is not a safe file name (letters, digits, '_', '.', '-')"
+    for key in ("image", "mask"):
+        rel = rec[key]
+        if not isinstance(rel, str) or not rel:
+            return f"{key!r} must be a path relative to the folder, got {rel!r}"
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            return f"path {rel!r} leaves the dataset folder"
+    sha = rec.get("sha256")
+    if sha is not None and not (
+        isinstance(sha, dict) and all(isinstance(sha.get(k), str) for k in ("image", "mask"))
+    ):
+        return "'sha256' must be an object with 'image' and 'mask' hex digests"
+    if "boxes" not in rec:
+        return "record has 'labels' but no 'boxes'" if "labels" in rec else None
+    boxes, labels = rec["boxes"], rec.get("labels")
+    if not isinstance(boxes, list):
+        return f"'boxes' must be a list of [x1, y1, x2, y2], got {_json_type(boxes)}"
+    for i, box in enumerate(boxes):
+        if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
+            return f"box {i} {json.dumps(box)} is not 4 finite numbers [x1, y1, x2, y2]"
+        if not (box[0] < box[2] and box[1] < box[3]):
+            return f"box {i} {json.dumps(box)} is empty or inverted (needs x1 < x2, y1 < y2)"
+    if not isinstance(labels, list) or len(labels) != len(boxes):
+        count = len(labels) if isinstance(labels, list) else "no"
+        return f"{len(boxes)} boxes but {count} labels"
+    for i, label in enumerate(labels):
+        if not isinstance(label, int) or isinstance(label, bool) or label < 1:
+            return f"label {i} {json.dumps(label)} is not a class id >= 1"
+        if known and label not in known:
+            return (
+                f"label {label} is not a class of {DATASET_JSON} "
+                f"(classes {', '.join(map(str, sorted(known)))})"
+            )
+    return None
 
 
 def _inside(folder: Path, rel: str, manifest: Path) -> Path:
@@ -414,8 +614,23 @@ def _inside(folder: Path, rel: str, manifest: Path) -> Path:
     return path
 
 
-def load_sample(folder: str | os.PathLike, record: dict[str, Any], *, verify: bool = False) -> Sample:
-    """Read one manifest record's files into a `Sample` (``verify`` checks sha256)."""
+def load_sample(
+    folder: str | os.PathLike,
+    record: dict[str, Any],
+    *,
+    verify: bool = False,
+    classes: Iterable[int] | None = None,
+) -> Sample:
+    """Read one manifest record's files into a `Sample`.
+
+    Args:
+        folder: the dataset folder.
+        record: one record of `read_dataset`.
+        verify: check both files against the record's sha256 (a record without one
+            cannot be verified: an error).
+        classes: the dataset's class ids (`dataset_classes`); when given and not empty,
+            a mask value outside them is an error.
+    """
     folder = Path(folder)
     manifest = folder / MANIFEST
     img_path = _inside(folder, record["image"], manifest)
@@ -423,10 +638,13 @@ def load_sample(folder: str | os.PathLike, record: dict[str, Any], *, verify: bo
     for p in (img_path, mask_path):
         if not p.exists():
             raise DataError(f"{p}: missing (listed in {manifest})")
-    if verify and "sha256" in record:
+    if verify:
+        sha = record.get("sha256")
+        if not isinstance(sha, dict):
+            raise DataError(f"{manifest}: record {record['id']!r} has no sha256 to verify against")
         for key, p in (("image", img_path), ("mask", mask_path)):
-            if sha256_file(p) != record["sha256"].get(key):
-                raise DataError(f"{p}: sha256 differs from the manifest (file changed or corrupt)")
+            if sha256_file(p) != sha.get(key):
+                raise DataError(f"{p}: sha256 differs from {MANIFEST} (file changed or corrupt)")
     try:
         image = np.load(img_path, allow_pickle=False)
     except Exception as e:  # numpy raises several types for truncated/corrupt files
@@ -440,6 +658,18 @@ def load_sample(folder: str | os.PathLike, record: dict[str, Any], *, verify: bo
         raise DataError(f"{mask_path}: mask shape {mask.shape} differs from image shape {image.shape}")
     if not np.isfinite(image).all():
         raise DataError(f"{img_path}: contains NaN or infinite HU values")
+    known = set(classes or ())
+    if known:
+        # bincount over a uint8 mask is a fraction of np.unique's sort.
+        values = (
+            np.flatnonzero(np.bincount(mask.ravel())) if mask.dtype == np.uint8 else np.unique(mask)
+        )
+        unknown = sorted({int(v) for v in values} - known - {0})
+        if unknown:
+            raise DataError(
+                f"{mask_path}: mask value {unknown[0]} is not a class of {DATASET_JSON} "
+                f"(classes {', '.join(map(str, sorted(known)))})"
+            )
     meta = {k: v for k, v in record.items() if k not in _RECORD_KEYS or k in ("id", "patient_id")}
     meta.setdefault("patient_id", record["id"])
     meta["source"] = str(img_path)

@@ -50,18 +50,21 @@ def cmd_data_import(a: argparse.Namespace) -> None:
         mask_dir=a.mask_dir,
         anatomy=a.anatomy,
         overwrite=a.overwrite,
-        progress=True,
+        # A bar only on a terminal: in a log it is noise around the one-line messages.
+        progress=sys.stderr.isatty(),
+        strict=a.strict,
     )
     from augment.info import dataset_info, format_info
 
-    print(format_info(dataset_info(out)))
+    # The import has audited HU on the source files already; do not warn twice.
+    print(format_info(dataset_info(out, audit=False)))
     print(f"imported {a.src} to {out}")
 
 
 def cmd_data_info(a: argparse.Namespace) -> None:
     from augment.info import dataset_info, format_info
 
-    print(format_info(dataset_info(a.dir)))
+    print(format_info(dataset_info(a.dir, verify=a.verify, strict=a.strict)))
 
 
 def cmd_data_export(a: argparse.Namespace) -> None:
@@ -96,6 +99,13 @@ DEFAULT_BATCH = {"dcgan": 64, "pix2pix": 1, "cyclegan": 1}
 
 
 def cmd_gan_train(a: argparse.Namespace) -> None:
+    from augment.errors import ConfigError
+
+    for option, value, low in (("--steps", a.steps, 1), ("--batch-size", a.batch_size, 1),
+                               ("--ckpt-every", a.ckpt_every, 0), ("--grid-every", a.grid_every, 0),
+                               ("--seed", a.seed, 0)):
+        if value is not None and value < low:
+            raise ConfigError(f"{option} must be >= {low}, got {value}")
     from gan.trainer import run_training
 
     result = run_training(
@@ -104,7 +114,7 @@ def cmd_gan_train(a: argparse.Namespace) -> None:
         a.data_b,
         a.out,
         steps=a.steps,
-        batch_size=a.batch_size or DEFAULT_BATCH[a.model],
+        batch_size=a.batch_size if a.batch_size is not None else DEFAULT_BATCH[a.model],
         seed=a.seed,
         device=a.device,
         config_file=a.config,
@@ -118,6 +128,11 @@ def cmd_gan_train(a: argparse.Namespace) -> None:
 
 
 def cmd_gan_evaluate(a: argparse.Namespace) -> None:
+    from augment.errors import ConfigError
+
+    for option, value, low in (("--n", a.n, 2), ("--seed", a.seed, 0)):
+        if value < low:
+            raise ConfigError(f"{option} must be >= {low}, got {value}")
     from gan.evaluate import evaluate_run
 
     result = evaluate_run(
@@ -136,6 +151,11 @@ def cmd_gan_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_synthesize(a: argparse.Namespace) -> None:
+    from augment.errors import ConfigError
+
+    for option, value, low in (("--n", a.n, 1), ("--seed", a.seed, 0)):
+        if value < low:
+            raise ConfigError(f"{option} must be >= {low}, got {value}")
     from gan.synthesize import synthesize_dataset
 
     out = synthesize_dataset(
@@ -179,6 +199,20 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _output_file(text: str) -> Path:
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    return path
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other lesionforge error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--seed", type=int, default=0, help="random seed (same seed + config = same files)")
@@ -191,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "processes use 1: a thread waiting for a busy core stalls every small convolution",
     )
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="lesionforge",
         description="Make more labelled lesion CT data out of little, and measure whether it helps.",
     )
@@ -203,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ph = data.add_parser("phantom", parents=[common], help="write an embedded CT phantom dataset")
     ph.add_argument("--kind", default="head-ich", choices=["head-ich", "liver"])
-    ph.add_argument("--n", type=int, default=500, help="number of slices")
-    ph.add_argument("--size", type=int, default=128, help="slice size in pixels")
+    ph.add_argument("--n", type=int, default=500, help="number of slices (default: %(default)s)")
+    ph.add_argument("--size", type=int, default=128, help="slice size in pixels (default: %(default)s)")
     ph.add_argument("--domain", default="A", help="scanner/protocol domain (A, B)")
     ph.add_argument("--out", type=Path, required=True)
     ph.add_argument("--overwrite", action="store_true")
@@ -220,16 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
         "or '2:1,3:2' (source:class); default: every non-zero label is its own class",
     )
     im.add_argument("--slices", default="all", choices=["all", "lesion", "nonempty"])
-    im.add_argument("--size", type=int, help="resample slices to SIZE x SIZE pixels")
+    im.add_argument("--size", type=_positive_int, help="resample slices to SIZE x SIZE pixels")
     im.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"), help="window the PNGs were exported with")
     im.add_argument("--mask-dir", type=Path, help="masks for DICOM/PNG/NPY input")
     im.add_argument("--anatomy", choices=["head-ich", "liver"],
                     help="what the scans show; the generators place lesions by it (brain / liver)")
     im.add_argument("--overwrite", action="store_true")
+    im.add_argument("--strict", action="store_true",
+                    help="fail instead of warning on HU outside [-2000, 4000], constant slices, a "
+                    "--lesion-labels value found in no mask, DICOM without rescale tags")
     im.set_defaults(func=cmd_data_import)
 
     info = data.add_parser("info", parents=[common], help="counts, patients, lesion sizes, HU per class")
     info.add_argument("dir", type=Path)
+    info.add_argument("--verify", action="store_true",
+                      help="check every file against the sha256 in the manifest")
+    info.add_argument("--strict", action="store_true",
+                      help="fail instead of warning on HU outside [-2000, 4000] or constant images")
     info.set_defaults(func=cmd_data_info)
 
     ex = data.add_parser("export", parents=[common], help="write PASCAL VOC XML or COCO JSON boxes")
@@ -244,10 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     pv = aug.add_parser("preview", parents=[common], help="PNG grid: original vs augmented, mask overlay")
     pv.add_argument("--data", type=Path, required=True)
     pv.add_argument("--pipeline", default="standard", help="pipeline name or YAML file")
-    pv.add_argument("--n", type=int, default=4, help="number of slices")
-    pv.add_argument("--n-aug", type=int, default=3, help="augmented versions per slice")
+    pv.add_argument("--n", type=_positive_int, default=4, help="number of slices (default: %(default)s)")
+    pv.add_argument("--n-aug", type=_positive_int, default=3, help="augmented versions per slice (default: %(default)s)")
     pv.add_argument("--window", help="display window name (default from the data kind)")
-    pv.add_argument("--out", type=Path, default=Path("augment_preview.png"))
+    pv.add_argument("--out", type=_output_file, default=Path("augment_preview.png"), help="PNG file (default: %(default)s)")
     pv.set_defaults(func=cmd_augment_preview)
 
     # gan
@@ -258,14 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("model", choices=["dcgan", "pix2pix", "cyclegan"])
     tr.add_argument("--data", type=Path, required=True, help="training dataset folder (domain A for CycleGAN)")
     tr.add_argument("--data-b", type=Path, help="domain B dataset folder (CycleGAN)")
-    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--steps", type=int, default=1000,
+                    help="total optimisation steps, >= 1; with --resume, train on up to this many (default: %(default)s)")
     tr.add_argument("--batch-size", type=int, help="default: dcgan 64, pix2pix 1, cyclegan 1")
-    tr.add_argument("--out", type=Path, required=True, help="run folder")
-    tr.add_argument("--config", type=Path, help="YAML with model (and train) options")
+    tr.add_argument("--out", type=Path, required=True,
+                    help="run folder: new, or one of an earlier run with --resume (a run is never replaced: "
+                    "choose another --out to start over)")
+    tr.add_argument("--config", type=Path,
+                    help="YAML with model options: a `dcgan:`/`pix2pix:`/`cyclegan:` section, or the options at top level")
     tr.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     tr.add_argument("--wandb", action="store_true", help="log to wandb (offline unless configured)")
-    tr.add_argument("--ckpt-every", type=int, default=500)
-    tr.add_argument("--grid-every", type=int, default=250)
+    tr.add_argument("--ckpt-every", type=int, default=500,
+                    help="write RUN/last.pt (and a numbered copy) every N steps; 0: only at the end (default: %(default)s)")
+    tr.add_argument("--grid-every", type=int, default=250,
+                    help="write a progress grid PNG every N steps; 0: only at the end (default: %(default)s)")
     tr.set_defaults(func=cmd_gan_train)
 
     ev = g.add_parser("evaluate", parents=[common, device], help="SSIM/PSNR, FID/KID, memorisation audit")
@@ -273,17 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", type=Path, required=True, help="held-out real slices")
     ev.add_argument("--data-b", type=Path, help="true domain-B renderings (CycleGAN)")
     ev.add_argument("--fid-weights", type=Path, help="pytorch-fid Inception weights (pt_inception-2015-12-05-6726825d.pth)")
-    ev.add_argument("--n", type=int, default=200, help="synthetic slices to evaluate")
+    ev.add_argument("--n", type=int, default=200, help="synthetic slices to evaluate, >= 2 (default: %(default)s)")
     ev.add_argument("--out", type=Path, help="output folder (default: RUN/eval)")
     ev.set_defaults(func=cmd_gan_evaluate)
 
     sy = sub.add_parser("synthesize", parents=[common, device], help="write a labelled synthetic dataset")
-    sy.add_argument("--checkpoint", type=Path, required=True)
-    sy.add_argument("--n", type=int, required=True)
-    sy.add_argument("--out", type=Path, required=True)
+    sy.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file, or a run folder (its last.pt)")
+    sy.add_argument("--n", type=int, required=True, help="synthetic slices to write, >= 1")
+    sy.add_argument("--out", type=Path, required=True, help="dataset folder to write")
     sy.add_argument("--hosts", type=Path, help="real slices that receive / carry the lesions")
     sy.add_argument("--export", choices=["voc", "coco"], help="also write boxes as VOC XML or COCO JSON")
-    sy.add_argument("--overwrite", action="store_true")
+    sy.add_argument("--overwrite", action="store_true",
+                    help="replace --out if it is a dataset folder lesionforge wrote (nothing else)")
     sy.set_defaults(func=cmd_synthesize)
 
     cp = sub.add_parser("compare", parents=[common, device], help="compare augmentation strategies (YAML config)")
@@ -295,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", type=Path, default=Path("out/demo"))
     dm.set_defaults(func=cmd_demo)
     return p
+
+
+def _user_error(message: str, args: argparse.Namespace) -> int:
+    """One line on stderr (the traceback too with --verbose, for bug reports)."""
+    if getattr(args, "verbose", False):
+        log.debug("details", exc_info=True)
+    print(f"lesionforge: error: {' '.join(message.split())}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,8 +368,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except LesionforgeError as e:
-        print(f"lesionforge: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _user_error(str(e), args)
+    except OSError as e:
+        # The file system said no (permission, disk full, a path that cannot exist):
+        # something the user can fix, so one line, not a traceback.
+        where = e.filename if e.filename is not None else "lesionforge"
+        return _user_error(f"{where}: {e.strerror or e}", args)
+    except MemoryError:
+        return _user_error("out of memory (use a smaller --size, batch or dataset)", args)
     except KeyboardInterrupt:
         print("lesionforge: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from augment.config_types import build_dataclass, check_fields
 from augment.errors import ConfigError
 
 TASKS = ("segment", "detect")
@@ -131,7 +132,7 @@ class Experiment:
     tasks: dict[str, Any]  # "segment" -> SegmentSpec, "detect" -> DetectSpec
     generators: dict[str, GeneratorSpec]
     strategies: tuple[Strategy, ...]
-    quality: dict[str, Any] = field(default_factory=dict)  # fid_weights, n
+    quality: dict[str, Any] = field(default_factory=dict)  # fid_weights
     out: str = "out/compare"
     # The full-data ceiling each gain is measured against: these strategies are also
     # trained on every training patient. `ceiling: true` in YAML = every strategy without
@@ -168,25 +169,8 @@ def _ceiling(v: Any, strategies: list[Strategy], where: str) -> tuple[str, ...]:
     return tuple(v)
 
 
-def _build(cls: type, values: Any, where: str) -> Any:
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    clean = {}
-    for k, v in values.items():
-        if isinstance(v, list):
-            v = tuple(v)
-        clean[k] = v
-    try:
-        return cls(**clean)
-    except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from None
-
+# `quality:` section: fid_weights = pytorch-fid Inception weights for FID/KID (a local path).
+QUALITY_KEYS = {"fid_weights"}
 
 DETECT_BACKBONES = ("unet", "mobilenet_v3_large", "resnet50")
 
@@ -225,13 +209,62 @@ def load_experiment(path: str | Path) -> Experiment:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; expected an experiment YAML file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected an experiment YAML)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return experiment_from_dict(raw, where=str(path))
+
+
+def _mapping(v: Any, where: str) -> dict[str, Any]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ConfigError(f"{where}: expected a mapping (name: settings), got {type(v).__name__} {v!r}")
+    return v
+
+
+def _check_data(data: DataSpec, where: str) -> None:
+    if (data.phantom is None) == (data.folder is None):
+        raise ConfigError(f"{where}: data needs exactly one of 'phantom' or 'folder'")
+    if data.phantom is not None:
+        from augment.phantom import check_phantom_args
+
+        try:
+            check_phantom_args(data.phantom, data.domain, data.size)
+            if data.target_domain is not None:
+                check_phantom_args(data.phantom, data.target_domain, data.size)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: data: {e}") from None
+        if data.n < 1 or data.slices_per_patient < 1:
+            raise ConfigError(f"{where}: data.n and data.slices_per_patient must be >= 1, "
+                              f"got {data.n} and {data.slices_per_patient}")
+    if data.test_on not in ("source", "target", "both"):
+        raise ConfigError(f"{where}: data.test_on must be source, target or both")
+    if data.test_on != "source" and not (data.target_domain or data.target_folder):
+        raise ConfigError(f"{where}: data.test_on={data.test_on} needs target_domain or target_folder")
+
+
+def _check_split(split: SplitSpec, where: str) -> None:
+    train, val, test = split.fractions
+    if min(split.fractions) < 0 or train <= 0 or test <= 0:
+        raise ConfigError(f"{where}: split.fractions (train, val, test) must be >= 0 with train and test > 0, "
+                          f"got {list(split.fractions)}")
+
+
+def phantom_train_patients(data: DataSpec, split: SplitSpec) -> int:
+    """Training patients a phantom study will have: known before a slice is rendered."""
+    from augment.sample import split_by_patient
+
+    spp = data.slices_per_patient
+    patient_ids = [f"p{i // spp:03d}" for i in range(data.n)]  # augment.phantom's numbering
+    return len({patient_ids[i] for i in split_by_patient(patient_ids, split.fractions, seed=split.seed)["train"]})
 
 
 def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experiment:
@@ -240,21 +273,18 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(unknown)}")
-    data = _build(DataSpec, raw.get("data"), f"{where}: data")
-    if (data.phantom is None) == (data.folder is None):
-        raise ConfigError(f"{where}: data needs exactly one of 'phantom' or 'folder'")
-    if data.test_on not in ("source", "target", "both"):
-        raise ConfigError(f"{where}: data.test_on must be source, target or both")
-    if data.test_on != "source" and not (data.target_domain or data.target_folder):
-        raise ConfigError(f"{where}: data.test_on={data.test_on} needs target_domain or target_folder")
-    tasks_raw = raw.get("tasks") or {}
+    data = build_dataclass(DataSpec, raw.get("data"), f"{where}: data")
+    _check_data(data, where)
+    split = build_dataclass(SplitSpec, raw.get("split"), f"{where}: split")
+    _check_split(split, where)
+    tasks_raw = _mapping(raw.get("tasks"), f"{where}: tasks")
     if not tasks_raw:
         raise ConfigError(f"{where}: no tasks (segment, detect)")
     tasks: dict[str, Any] = {}
     for name, spec in tasks_raw.items():
         if name not in TASKS:
             raise ConfigError(f"{where}: unknown task {name!r}; known: {', '.join(TASKS)}")
-        tasks[name] = _build(SegmentSpec if name == "segment" else DetectSpec, spec, f"{where}: tasks.{name}")
+        tasks[name] = build_dataclass(SegmentSpec if name == "segment" else DetectSpec, spec, f"{where}: tasks.{name}")
     for name, spec in tasks.items():
         _check_recipe(spec, f"{where}: tasks.{name}")
     det = tasks.get("detect")
@@ -266,13 +296,26 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
         if det.init == "segmenter" and det.backbone == "unet" and "segment" not in tasks:
             raise ConfigError(f"{where}: tasks.detect.init: segmenter needs a tasks.segment section "
                               "(or set init: scratch)")
-    generators = {
-        name: _build(GeneratorSpec, spec, f"{where}: generators.{name}")
-        for name, spec in (raw.get("generators") or {}).items()
-    }
+    generators = {}
+    for name, spec in _mapping(raw.get("generators"), f"{where}: generators").items():
+        from gan.base import get_generator
+
+        try:
+            model = get_generator(name)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: generators: {e}") from None
+        g = build_dataclass(GeneratorSpec, spec, f"{where}: generators.{name}")
+        check_fields(model.Config, g.config, source=f"{where}: generators.{name}.config", sep=".")
+        for key in ("steps", "batch_size", "n_synthetic"):
+            if getattr(g, key) < 1:
+                raise ConfigError(f"{where}: generators.{name}.{key} must be >= 1, got {getattr(g, key)}")
+        generators[name] = g
+    strategies_raw = raw.get("strategies") or []
+    if not isinstance(strategies_raw, list):
+        raise ConfigError(f"{where}: strategies: expected a list of {{name: ...}} entries")
     strategies = []
-    for i, spec in enumerate(raw.get("strategies") or []):
-        s = _build(Strategy, spec, f"{where}: strategies[{i}]")
+    for i, spec in enumerate(strategies_raw):
+        s = build_dataclass(Strategy, spec, f"{where}: strategies[{i}]")
         for g in s.generators:
             if g not in generators:
                 raise ConfigError(f"{where}: strategy {s.name!r} uses generator {g!r} with no 'generators.{g}' section")
@@ -280,6 +323,13 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
             raise ConfigError(f"{where}: strategy {s.name!r}: ratio must be in [0, 1]")
         if s.synthetic_only and not s.generators:
             raise ConfigError(f"{where}: strategy {s.name!r} is synthetic_only but names no generator")
+        if s.augment is not None:
+            from augment.classical import build_augmenter
+
+            try:
+                build_augmenter(s.augment)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: strategy {s.name!r}: {e}") from None
         strategies.append(s)
     names = [s.name for s in strategies]
     if "none" not in names:
@@ -290,16 +340,28 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
     budgets = _int_list(raw.get("budgets") or [], f"{where}: budgets", low=1)
     if not budgets:
         raise ConfigError(f"{where}: budgets (labelled patients per run) are required")
+    if data.phantom is not None:
+        n_train = phantom_train_patients(data, split)
+        if max(budgets) > n_train:
+            raise ConfigError(f"{where}: budget {max(budgets)} exceeds the {n_train} training patients of the "
+                              f"phantom (data.n / data.slices_per_patient patients, split {list(split.fractions)})")
+    quality = _mapping(raw.get("quality"), f"{where}: quality")
+    unknown = sorted(set(quality) - QUALITY_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: quality: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(QUALITY_KEYS))}")
+    for key in ("name", "out"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise ConfigError(f"{where}: {key}: expected a string, got {raw[key]!r}")
     return Experiment(
         name=str(raw.get("name") or Path(where).stem),
         data=data,
-        split=_build(SplitSpec, raw.get("split"), f"{where}: split"),
+        split=split,
         budgets=budgets,
         seeds=seeds,
         tasks=tasks,
         generators=generators,
         strategies=tuple(strategies),
-        quality=dict(raw.get("quality") or {}),
+        quality=dict(quality),
         out=str(raw.get("out") or f"out/{raw.get('name', 'compare')}"),
         ceiling=_ceiling(raw.get("ceiling", True), strategies, f"{where}: ceiling"),
         source=where,

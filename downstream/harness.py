@@ -94,7 +94,10 @@ class Splits:
     """Patient-level split of the source (and target) data, with the leakage guard."""
 
     def __init__(self, exp: Experiment, source: SliceDataset, target: SliceDataset | None) -> None:
-        parts = split_by_patient(source.patient_ids, exp.split.fractions, seed=exp.split.seed)
+        try:
+            parts = split_by_patient(source.patient_ids, exp.split.fractions, seed=exp.split.seed)
+        except DataError as e:
+            raise DataError(f"{source.folder}: {e}") from None
         self.source, self.target = source, target
         self.train = source.subset(parts["train"])
         self.val = source.subset(parts["val"])
@@ -223,12 +226,18 @@ def run_compare(
     if seed:
         exp = replace(exp, seeds=tuple(s + seed for s in exp.seeds))
     out = Path(out or exp.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_bytes_yaml(out / "config.yaml", {"experiment": exp.as_dict(), "versions": versions()})
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; choose another --out")
     source, target = prepare_data(exp, out / "data")
     kind = source.kind or (exp.data.phantom or "")
     splits = Splits(exp, source, target)
     _check_sizes(exp, splits)
+    n_train = len(set(splits.train.patient_ids))
+    if max(exp.budgets) > n_train:
+        raise ConfigError(f"{exp.source}: budget {max(exp.budgets)} exceeds the {n_train} training patients "
+                          f"of {source.folder}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes_yaml(out / "config.yaml", {"experiment": exp.as_dict(), "versions": versions()})
     classes = {int(k): v for k, v in (source.info.get("classes") or {}).items()} or {1: "lesion"}
     rows: list[dict[str, Any]] = []
     gen_quality: list[dict[str, Any]] = []

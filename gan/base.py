@@ -20,7 +20,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-from collections.abc import Sequence
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from augment.config_types import check_fields, show_value
 from augment.errors import CheckpointError, ConfigError
 from augment.sample import Sample, sha256_bytes, to_jsonable, versions, write_bytes_atomic
 
@@ -57,20 +61,27 @@ def get_generator(name: str) -> type[GanModule]:
     return GENERATORS[name]
 
 
-def config_from_dict(cls: type, values: dict[str, Any] | None) -> Any:
-    """Build a (frozen) config dataclass, rejecting unknown keys with a clear message."""
-    values = dict(values or {})
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"{cls.__qualname__}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-        )
-    for key, value in list(values.items()):
-        default = names[key].default
-        if isinstance(default, tuple) and isinstance(value, list):
-            values[key] = tuple(value)
-    return cls(**values)
+def config_from_dict(
+    cls: type, values: Mapping[str, Any] | None, *, source: str | None = None
+) -> Any:
+    """Build a (frozen) config dataclass from plain data (YAML, a checkpoint's ``config``).
+
+    Unknown keys, missing required keys and values of the wrong type (by the field's
+    annotation: int, float, bool, str, tuples, ``X | None``...) are refused with a
+    `ConfigError` naming ``source`` (a file, or ``FILE: config``) and the key; lists
+    become tuples where the field is a tuple. The dataclass's own ``__post_init__``
+    checks ranges; its `ConfigError` is prefixed with ``source`` too.
+    """
+    where = source or cls.__qualname__
+    values = check_fields(cls, values, source=source)
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        if source is None:
+            raise
+        raise ConfigError(f"{source}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: invalid options ({short_reason(e)})") from None
 
 
 @runtime_checkable
@@ -182,7 +193,9 @@ class GanModule(nn.Module):
             **(extra or {}),
         }
 
-    def save(self, path: str | os.PathLike, step: int = 0, extra: dict[str, Any] | None = None) -> str:
+    def save(
+        self, path: str | os.PathLike, step: int = 0, extra: dict[str, Any] | None = None
+    ) -> str:
         """Save atomically; returns the checkpoint's sha256."""
         buf = io.BytesIO()
         torch.save(self.checkpoint(step, extra), buf)
@@ -192,36 +205,183 @@ class GanModule(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> GanModule:
-        """Load any registered model's checkpoint (``GanModule.load``) or this class's."""
-        ckpt = read_checkpoint(path)
-        model_cls = get_generator(ckpt["model"]) if cls is GanModule else cls
-        if model_cls.name != ckpt["model"]:
-            raise CheckpointError(f"{path}: is a {ckpt['model']} checkpoint, not {model_cls.name}")
-        module = model_cls(config_from_dict(model_cls.Config, ckpt["config"]))
+        """Load any registered model's checkpoint (``GanModule.load``) or this class's.
+
+        ``path`` is a checkpoint file or a run folder (its ``last.pt``, `resolve_checkpoint`).
+        """
+        path = resolve_checkpoint(path)
+        return cls.from_checkpoint(read_checkpoint(path), path, device)
+
+    @classmethod
+    def from_checkpoint(
+        cls, ckpt: dict[str, Any], path: str | os.PathLike, device: str | torch.device = "cpu"
+    ) -> GanModule:
+        """Build the module a `read_checkpoint` dict describes (``path`` names it in errors)."""
+        name = ckpt["model"]
+        if cls is GanModule:
+            import gan.models  # noqa: F401  (registers the built-in models)
+
+            if name not in GENERATORS:
+                raise CheckpointError(
+                    f"{path}: made by generator {name!r}, which this lesionforge does not know "
+                    f"(known: {', '.join(sorted(GENERATORS))})"
+                )
+            model_cls = GENERATORS[name]
+        else:
+            model_cls = cls
+        if model_cls.name != name:
+            raise CheckpointError(f"{path}: is a {name} checkpoint, not {model_cls.name}")
+        try:
+            cfg = config_from_dict(model_cls.Config, ckpt["config"], source=f"{path}: config")
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
+        module = model_cls(cfg)
         try:
             module.load_state_dict(ckpt["state_dict"])
             for k, opt in module.optimizers.items():
                 if k in ckpt.get("optimizers", {}):
                     opt.load_state_dict(ckpt["optimizers"][k])
-        except (RuntimeError, KeyError, ValueError) as e:
-            first = str(e).strip().splitlines()[0]
-            raise CheckpointError(f"{path}: weights do not fit the {model_cls.name} config ({first})") from None
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+            raise CheckpointError(
+                f"{path}: weights do not fit the {model_cls.name} config ({short_reason(e)})"
+            ) from None
         module.data_info = dict(ckpt.get("data", {}))
         return module.to(device)
 
 
+RUN_CHECKPOINT = "last.pt"
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint file ``path`` names: itself, or a run folder's ``last.pt``.
+
+    What ``synthesize --checkpoint`` and ``gan evaluate`` accept.
+    """
+    path = Path(path)
+    if path.is_dir():
+        ckpt = path / RUN_CHECKPOINT
+        if not ckpt.is_file():
+            raise CheckpointError(f"{path}: no {RUN_CHECKPOINT} in this run folder")
+        return ckpt
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    return path
+
+
+def short_reason(e: BaseException, limit: int = 160) -> str:
+    """An exception in one line: its first line (and the next when that one ends in a
+    colon, as ``load_state_dict``'s "Error(s) in loading ...:" does), cut to ``limit``."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _load_failure(path: Path, e: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in a few words.
+
+    Never PyTorch's own advice: it suggests ``weights_only=False``, which runs any code
+    a crafted file holds.
+    """
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"it holds Python objects{what}, not only tensors and plain data; "
+            "refused for safety, as such a file can run code when loaded"
+        )
+    try:
+        if not zipfile.is_zipfile(path):
+            return "not a PyTorch file, or a truncated one"
+    except OSError:
+        pass
+    first = short_reason(e).split(". ")[0].rstrip(".")
+    if "weights_only" in first or len(first) > 120:
+        first = type(e).__name__
+    return f"damaged or not a PyTorch file: {first}"
+
+
+def load_torch_data(path: str | os.PathLike, what: str = "a lesionforge checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, or one line "PATH: not WHAT (why)"."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{path}: not {what} (empty file)")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not {what} ({_load_failure(path, e)})") from None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# Checkpoint fields: (check, what it must be, required).
+_CHECKPOINT_FIELDS: dict[str, tuple[Any, str, bool]] = {
+    "model": (lambda v: isinstance(v, str), "text (the generator name)", True),
+    "config": (lambda v: isinstance(v, dict), "a mapping of model options", True),
+    "state_dict": (
+        lambda v: (
+            isinstance(v, dict)
+            and all(isinstance(k, str) and isinstance(t, Tensor) for k, t in v.items())
+        ),
+        "a mapping of names to tensors",
+        True,
+    ),
+    "optimizers": (
+        lambda v: isinstance(v, dict) and all(isinstance(o, dict) for o in v.values()),
+        "a mapping of optimizer states",
+        False,
+    ),
+    "step": (lambda v: _is_int(v) and v >= 0, "an integer >= 0", True),
+    "data": (lambda v: isinstance(v, dict), "a mapping", False),
+    "train": (lambda v: isinstance(v, dict), "a mapping", False),
+    "rng": (lambda v: isinstance(v, dict), "a mapping", False),
+}
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint as data (``weights_only=True``), with one-line errors."""
+    """Read a checkpoint file as data (``weights_only=True``), every field checked.
+
+    Raises:
+        CheckpointError: one line naming ``path`` and what is wrong: missing, not a
+            PyTorch file, Python objects inside (refused, never unpickled), not written
+            by lesionforge, or a field missing or of the wrong kind.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a lesionforge generator checkpoint")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; expected a checkpoint file")
+    ckpt = load_torch_data(path)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(
+            f"{path}: not a lesionforge checkpoint (it holds a {type(ckpt).__name__}, not a checkpoint dict)"
+        )
+    fmt = ckpt.get("format")
+    if fmt != CHECKPOINT_FORMAT:
+        why = (
+            "no 'format' field"
+            if fmt is None
+            else f"format {show_value(fmt)}, expected {CHECKPOINT_FORMAT!r}"
+        )
+        raise CheckpointError(f"{path}: not a lesionforge checkpoint ({why})")
+    for key, (ok, what, required) in _CHECKPOINT_FIELDS.items():
+        if key not in ckpt:
+            if required:
+                raise CheckpointError(f"{path}: checkpoint field {key!r} is missing")
+            continue
+        if not ok(ckpt[key]):
+            shown = show_value(ckpt[key]) if not isinstance(ckpt[key], dict) else "another mapping"
+            raise CheckpointError(f"{path}: checkpoint field {key!r} must be {what}, got {shown}")
     return ckpt
 
 

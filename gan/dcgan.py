@@ -109,6 +109,10 @@ class DCGANConfig:
                 f"dilate_px={self.dilate_px}, feather_sigma={self.feather_sigma}"
             )
         Window(*self.window)  # validates the width
+        if not self.lr > 0:
+            raise ConfigError(f"dcgan: lr must be > 0, got {self.lr}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"dcgan: betas must be in [0, 1), got {self.betas}")
         if self.n_classes is None:
             # Frozen: resolve once here so the saved config names the number it used.
             object.__setattr__(self, "n_classes", ANATOMY_CLASSES[self.anatomy])

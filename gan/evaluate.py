@@ -33,6 +33,7 @@ import hashlib
 import io
 import logging
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +52,7 @@ from augment.sample import (
 )
 from augment.window import DISPLAY_WINDOW, MODEL_WINDOW, WINDOWS, Window
 from gan import quality as q
-from gan.base import GanModule, read_checkpoint, resolve_device
+from gan.base import GanModule, read_checkpoint, resolve_checkpoint, resolve_device
 from gan.preservation import lesion_hu_range, lesion_preservation, summarise_preservation
 from gan.synthesize import chunk_seed
 from gan.train_data import data_fingerprint, load_samples
@@ -418,6 +419,7 @@ def evaluate_generator(
     seed: int = 0,
     out: str | os.PathLike,
     cache_dir: str | os.PathLike | None = None,
+    fid_extractor: q.InceptionFeatures | None = None,
     copy_threshold: float = COPY_THRESHOLD,
     top_k: int | None = 32,
     patch_px: int = 32,
@@ -439,6 +441,8 @@ def evaluate_generator(
             ``details.json`` (per-slice values).
         cache_dir: reference-set Inception features cache (default
             `gan.quality.default_cache_dir`).
+        fid_extractor: the Inception network, already loaded (then ``fid_weights`` is
+            not read); `evaluate_run` loads it before sampling, so bad weights fail first.
         copy_threshold: nearest-training SSIM counted as a copy.
         top_k: SSIM is computed for this many nearest references by pixel distance.
         patch_px: side of the lesion patches of the memorisation audit.
@@ -512,6 +516,7 @@ def evaluate_generator(
                 syn_unit,
                 ref_unit,
                 weights=fid_weights,
+                extractor=fid_extractor,
                 device=module.device,
                 seed=seed,
                 cache_dir=q.default_cache_dir() if cache_dir is None else cache_dir,
@@ -649,7 +654,7 @@ def evaluate_run(
     """Evaluate a trained generator: sample ``n`` slices, measure, write ``metrics.json``.
 
     Args:
-        run: a run folder (holding ``last.pt``) or a checkpoint file.
+        run: a run folder (holding ``last.pt``) or a checkpoint file (`resolve_checkpoint`).
         data: dataset folder of held-out real slices (domain A for CycleGAN).
         data_b: CycleGAN: dataset folder of the true domain-B renderings of ``data``.
         out: output folder; default ``RUN/eval`` (beside the checkpoint for a file).
@@ -664,15 +669,30 @@ def evaluate_run(
     """
     from tqdm.auto import tqdm
 
-    run = Path(run)
-    ckpt = run / "last.pt" if run.is_dir() else run
-    if run.is_dir() and not ckpt.is_file():
-        raise CheckpointError(f"{run}: no last.pt in this run folder")
-    if n < 2:
-        raise ConfigError(f"evaluate: n must be >= 2, got {n}")
+    # Everything cheap first (options, files, folders, weights), then sampling.
+    for name, value, low in (("n", n, 2), ("chunk", chunk, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ConfigError(f"evaluate: {name} must be >= {low}, got {value!r}")
+    ckpt = resolve_checkpoint(run)
     out = Path(out) if out is not None else ckpt.parent / "eval"
-    step = int(read_checkpoint(ckpt)["step"])
-    module = GanModule.load(ckpt, device=resolve_device(device))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; choose another output folder")
+    found_weights = None
+    if fid_weights is not None:
+        found_weights, searched = q.find_fid_weights(fid_weights)
+        if found_weights is None:
+            raise DataError(f"{searched[0]}: Inception weights file not found (--fid-weights)")
+    heldout = load_samples(data)
+    if not heldout:
+        raise DataError(f"{data}: no slices to evaluate against")
+    heldout_b = load_samples(data_b) if data_b is not None else None
+    checkpoint = read_checkpoint(ckpt)
+    step = checkpoint["step"]
+    module = GanModule.from_checkpoint(checkpoint, ckpt, device=resolve_device(device))
+    del checkpoint
+    extractor = None
+    if found_weights is not None:
+        extractor = q.InceptionFeatures(found_weights, device=module.device)
     info = module.data_info
     folder = info.get("folder") or info.get("data")
     if not folder:
@@ -689,9 +709,15 @@ def evaluate_run(
         matches = data_fingerprint(training, train_b) == info["fingerprint"]
         if not matches:
             log.warning("%s: training data differs from what %s was trained on", folder, ckpt)
-    heldout = load_samples(data)
-    heldout_b = load_samples(data_b) if data_b is not None else None
-
+    # Synthetic slices take the hosts' (training) size; every comparison needs one size.
+    train_shapes = {s.image.shape for s in training}
+    for where, samples in ((data, heldout), (data_b, heldout_b or [])):
+        odd = {s.image.shape for s in samples} - train_shapes
+        if odd:
+            raise DataError(
+                f"{where}: slices of size {sorted(odd)[0]}, but the training slices ({folder}) are "
+                f"{sorted(train_shapes)[0]}; evaluate on slices of the training size"
+            )
     synthetic: list[Sample] = []
     bar = tqdm(total=n, desc=f"sample {module.name}", unit="slice", disable=not progress)
     for c, start in enumerate(range(0, n, chunk)):
@@ -712,6 +738,7 @@ def evaluate_run(
         seed=seed,
         out=out,
         cache_dir=cache_dir,
+        fid_extractor=extractor,
         progress=progress,
     )
     # Patient ids are only labels (two phantoms both have p000), so leakage is checked on

@@ -37,6 +37,7 @@ from torch import nn
 
 from augment.errors import CheckpointError, DataError
 from augment.sample import sha256_file, write_bytes_atomic
+from gan.base import load_torch_data, short_reason
 
 log = logging.getLogger(__name__)
 
@@ -334,20 +335,13 @@ class InceptionFeatures:
         from torchvision.models.inception import BasicConv2d
 
         weights = Path(weights)
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(
-                f"{weights}: not a readable Inception weights file ({first})"
-            ) from None
+        state = load_torch_data(weights, what="pytorch-fid Inception weights")
         net = build_fid_inception()
         try:
             net.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError) as e:
-            first = str(e).strip().splitlines()[0]
+        except (RuntimeError, TypeError, AttributeError, KeyError, ValueError) as e:
             raise CheckpointError(
-                f"{weights}: not pytorch-fid Inception weights ({first})"
+                f"{weights}: not pytorch-fid Inception weights ({short_reason(e)})"
             ) from None
         net.eval()
         for m in net.modules():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from augment.errors import CheckpointError, ConfigError, DataError
-from augment.sample import DatasetWriter, read_dataset, to_jsonable
-from gan.base import GanModule, file_sha256, read_checkpoint, resolve_device
+from augment.sample import DatasetWriter, check_replaceable, read_dataset, to_jsonable
+from gan.base import GanModule, file_sha256, read_checkpoint, resolve_checkpoint, resolve_device
 from gan.train_data import load_samples
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def synthesize_dataset(
     """Generate ``n`` labelled synthetic slices into the dataset folder ``out``.
 
     Args:
-        checkpoint: a generator checkpoint (``last.pt``), loaded with ``weights_only``.
+        checkpoint: a generator checkpoint (``last.pt``), or its run folder; loaded
+            with ``weights_only``.
         n: number of synthetic slices.
         out: the dataset folder to write (refused if it exists, unless ``overwrite``).
         hosts: dataset folder of real slices that receive (DCGAN, pix2pix) or are
@@ -75,28 +77,36 @@ def synthesize_dataset(
         chunk: slices generated per call (the unit of seeding, so keep it fixed to
             reproduce a dataset; it is recorded in ``dataset.json``).
         device: ``auto``, ``cpu``, ``cuda``...
-        overwrite: replace an existing ``out``.
+        overwrite: replace an existing ``out`` (only a dataset folder lesionforge wrote,
+            never the hosts or the checkpoint's folder).
         progress: show a tqdm bar.
 
     Returns:
         ``out``.
     """
-    checkpoint, out = Path(checkpoint), Path(out)
-    if n < 1:
-        raise ConfigError(f"synthesize: n must be >= 1, got {n}")
-    if chunk < 1:
-        raise ConfigError(f"synthesize: chunk must be >= 1, got {chunk}")
+    out = Path(out)
+    # Everything cheap first: options, output folder, checkpoint, hosts; then the model.
+    for name, value, low in (("n", n, 1), ("chunk", chunk, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ConfigError(f"synthesize: {name} must be >= {low}, got {value!r}")
     if export is not None and export not in EXPORT_FORMATS:
         raise ConfigError(f"synthesize: unknown export format {export!r}; use voc or coco")
-    if out.exists() and not overwrite:
-        raise DataError(f"{out}: already exists (use --overwrite to replace it)")
-    train_step = int(read_checkpoint(checkpoint)["step"])
-    module = GanModule.load(checkpoint, device=resolve_device(device))
-    ckpt_sha = file_sha256(checkpoint)
-    model_config = to_jsonable(dataclasses.asdict(module.cfg))
-    host_dir = Path(hosts) if hosts is not None else hosts_folder(checkpoint, module.data_info)
+    check_replaceable(out, overwrite=overwrite)
+    checkpoint = resolve_checkpoint(checkpoint)
+    ckpt = read_checkpoint(checkpoint)
+    torch_device = resolve_device(device)
+    host_dir = Path(hosts) if hosts is not None else hosts_folder(checkpoint, ckpt.get("data", {}))
+    # Never replace what is read: the hosts, or the folder holding the checkpoint.
+    check_replaceable(out, overwrite=overwrite, inputs=[host_dir, checkpoint])
     host_info, _ = read_dataset(host_dir)
     host_samples = load_samples(host_dir)
+    if not host_samples:
+        raise DataError(f"{host_dir}: no slices to use as hosts")
+    train_step = ckpt["step"]
+    module = GanModule.from_checkpoint(ckpt, checkpoint, device=torch_device)
+    del ckpt
+    ckpt_sha = file_sha256(checkpoint)
+    model_config = to_jsonable(dataclasses.asdict(module.cfg))
 
     from tqdm.auto import tqdm
 
@@ -119,6 +129,7 @@ def synthesize_dataset(
             spacing=host_info.get("spacing"),
             overwrite=overwrite,
             extra=extra,
+            inputs=[host_dir, checkpoint],
         ) as writer:
             for c, start in enumerate(range(0, n, chunk)):
                 k = min(chunk, n - start)

@@ -66,12 +66,32 @@ def load_model_config(path: str | os.PathLike, model: str) -> dict[str, Any]:
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"{path}: invalid YAML ({first})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"{path}: cannot read the config file ({getattr(e, 'strerror', None) or e})"
+        ) from None
     doc = doc or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping of options, got {type(doc).__name__}")
+    import gan.models  # noqa: F401  (registers the built-in models: their names are sections)
+    from gan.base import GENERATORS
+
     for key in (model, "model"):
-        if isinstance(doc.get(key), dict):
-            return dict(doc[key])
+        if key not in doc:
+            continue
+        section = doc[key]
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(
+                f"{path}: section {key!r} must be a mapping of options, got {type(section).__name__}"
+            )
+        # Other models' sections may share the file; anything else would be ignored silently.
+        ignored = sorted(str(k) for k in doc if k != key and k not in GENERATORS)
+        if ignored:
+            raise ConfigError(
+                f"{path}: unknown section(s) {', '.join(ignored)} beside {key!r}; "
+                f"known: model, {', '.join(sorted(GENERATORS))}"
+            )
+        return dict(section or {})
     return dict(doc)
 
 
@@ -83,7 +103,9 @@ def anatomy_kind(info: dict[str, Any]) -> str | None:
     return None
 
 
-def require_anatomy(fields: set[str], values: dict[str, Any], folder: Any, model: str, how: str) -> None:
+def require_anatomy(
+    fields: set[str], values: dict[str, Any], folder: Any, model: str, how: str
+) -> None:
     """Refuse to train a generator that places lesions by anatomy when neither the data
     nor the user says which anatomy it is (the model's default would be a silent guess)."""
     if "anatomy" in fields and "anatomy" not in values:

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -33,10 +34,19 @@ import torch
 import yaml
 from torch import Tensor
 
+from augment.config_types import check_fields
 from augment.errors import CheckpointError, ConfigError, LesionforgeError
-from augment.sample import Sample, read_dataset, to_jsonable, versions, write_bytes_atomic
+from augment.sample import (
+    Sample,
+    read_dataset,
+    remove_stale_staging,
+    to_jsonable,
+    versions,
+    write_bytes_atomic,
+)
 from augment.window import DISPLAY_WINDOW, WINDOWS, Window
 from gan.base import (
+    RUN_CHECKPOINT,
     GanModule,
     config_from_dict,
     file_sha256,
@@ -68,7 +78,7 @@ class TrainConfig:
     """How to train (the model's own options live in its ``Config``).
 
     Attributes:
-        steps: total number of optimisation steps (a resumed run continues up to it).
+        steps: total number of optimisation steps, >= 1 (a resumed run continues up to it).
         batch_size: samples per step.
         out: the run folder (``last.pt``, ``log.jsonl``, ``config.yaml``, ``grids/``).
         seed: seeds every batch draw and every torch draw, per step.
@@ -120,10 +130,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
-        for name in ("steps", "ckpt_every", "grid_every", "grid_n", "seed"):
+        for name in ("ckpt_every", "grid_every", "grid_n", "seed"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"train: {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "log_every"):
+        for name in ("steps", "batch_size", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train: {name} must be >= 1, got {getattr(self, name)}")
 
@@ -244,6 +254,82 @@ def _check_resume(
             )
 
 
+# What a run folder holds: `train`'s files, ``gan evaluate``'s ``eval/``, wandb's folder,
+# the harness's ``done.json``, numbered checkpoints and staging files of atomic writes.
+_RUN_ENTRIES = {RUN_CHECKPOINT, "config.yaml", "log.jsonl", "grids", "eval", "wandb", "done.json"}
+_RUN_ENTRY_RE = re.compile(r"^(ckpt_\d+\.pt|\..+\.(tmp|partial|old)-\d+)$")
+_STAGING_RE = re.compile(r"^\.(?P<name>.+)\.(tmp|partial|old)-\d+$")
+
+
+def _is_run_config(path: Path) -> bool:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(doc, dict) and "model" in doc and "train" in doc
+
+
+def check_run_folder(out: Path, *, resume: bool, overwrite: bool = False) -> None:
+    """Refuse a run folder `train` must not write into, before any work starts.
+
+    Resuming needs ``out/last.pt``. A new run needs ``out`` new, empty, or a run folder
+    without a checkpoint (one stopped before its first save). A checkpoint there is
+    replaced only with ``overwrite`` (the harness's own folders): the command line has
+    no ``--overwrite`` for runs, so a run that took hours is never one flag away from
+    being lost. A folder holding anything a run does not write (a dataset, the user's
+    files) is refused: the run would overwrite its ``config.yaml`` and ``log.jsonl``.
+    """
+    ckpt = out / RUN_CHECKPOINT
+    if out.is_symlink() and not out.exists() or out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; choose another --out")
+    if resume:
+        if not ckpt.is_file():
+            raise CheckpointError(
+                f"{ckpt}: checkpoint not found; nothing to resume (start a new run without --resume)"
+            )
+        return
+    if not out.is_dir() or overwrite:
+        return
+    if ckpt.exists():
+        raise ConfigError(
+            f"{out}: already holds a training run; continue it with --resume (a larger --steps "
+            "trains further) or choose another --out"
+        )
+    foreign = sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name not in _RUN_ENTRIES and not _RUN_ENTRY_RE.match(p.name)
+    )
+    if not foreign and (out / "config.yaml").is_file() and not _is_run_config(out / "config.yaml"):
+        foreign = ["config.yaml"]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        raise ConfigError(
+            f"{out}: not a training run folder (it holds {shown}); choose another --out"
+        )
+
+
+def remove_stale_run_files(out: Path) -> list[Path]:
+    """Delete the staging files of killed runs in ``out`` and ``out/grids``.
+
+    A ``kill -9`` while a checkpoint is written leaves ``.last.pt.tmp-PID`` (the size of
+    a checkpoint); only those of processes that no longer run are removed
+    (`augment.sample.remove_stale_staging`). Returns what was removed.
+    """
+    removed: list[Path] = []
+    for folder in (out, out / "grids"):
+        if not folder.is_dir():
+            continue
+        names = sorted({m["name"] for p in folder.iterdir() if (m := _STAGING_RE.match(p.name))})
+        for name in names:
+            removed += remove_stale_staging(folder / name)
+    for path in removed:
+        log.info("removed %s, left by a run that was killed", path)
+    return removed
+
+
 def _save_checkpoint(
     module: GanModule, cfg: TrainConfig, step: int, *, numbered: bool
 ) -> tuple[Path, str]:
@@ -294,21 +380,20 @@ def train(
 
     Raises:
         CheckpointError: resuming without a checkpoint, or with other data or config.
-        ConfigError: ``out`` already holds a run and neither resume nor overwrite is set.
+        ConfigError: ``out`` already holds a run and neither resume nor overwrite is set,
+            or holds files that are not a run's (`check_run_folder`).
         NonFiniteLossError: a loss became NaN/inf (named with its step).
     """
     out = cfg.out
-    ckpt_path = out / "last.pt"
+    ckpt_path = out / RUN_CHECKPOINT
+    check_run_folder(out, resume=cfg.resume, overwrite=cfg.overwrite)
     device = resolve_device(cfg.device)
     info = {**(data_info or {}), **describe_data(data, data_b)}
     resume_from: dict[str, Any] | None = None
     if cfg.resume:
         resume_from = read_checkpoint(ckpt_path)
         _check_resume(resume_from, module, info, cfg, ckpt_path)
-    elif ckpt_path.exists() and not cfg.overwrite:
-        raise ConfigError(
-            f"{out}: already holds a training run; use --resume to continue it or --overwrite to start over"
-        )
+    remove_stale_run_files(out)
 
     module.data_info = info
     module.prepare(data, data_b)
@@ -458,25 +543,31 @@ def run_training(
     the dataset says (kind and classes in its ``dataset.json``). ``train_options`` are
     further `TrainConfig` fields (``resume``, ``ckpt_every``, ``wandb``...).
     """
+    # Everything that can be checked without the data first: options, device, run folder.
     cls = get_generator(model)
-    data = Path(data)
-    samples = load_samples(data)
-    samples_b = load_samples(data_b) if data_b is not None else None
-    info, _ = read_dataset(data)
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    values = data_defaults(fields, info, samples)
-    if config_file is not None:
-        values.update(load_model_config(config_file, model))
-    values.update(model_config or {})
-    require_anatomy(fields, values, data, model, "set `anatomy:` in --config")
-    model_cfg = config_from_dict(cls.Config, values)
-    torch.manual_seed(init_seed(seed))  # initial weights follow the seed too
-    module = cls(model_cfg)
     cfg = config_from_dict(
         TrainConfig,
         {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device, "out": out}
         | train_options,
     )
+    resolve_device(cfg.device)
+    source = str(config_file) if config_file is not None else None
+    user_values = load_model_config(config_file, model) if config_file is not None else {}
+    user_values.update(model_config or {})
+    check_fields(cls.Config, user_values, source=source)
+    check_run_folder(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
+
+    data = Path(data)
+    info, _ = read_dataset(data)
+    samples = load_samples(data)
+    samples_b = load_samples(data_b) if data_b is not None else None
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    values = data_defaults(fields, info, samples)
+    values.update(user_values)
+    require_anatomy(fields, values, data, model, "set `anatomy:` in --config")
+    model_cfg = config_from_dict(cls.Config, values, source=source)
+    torch.manual_seed(init_seed(seed))  # initial weights follow the seed too
+    module = cls(model_cfg)
     data_info = {
         "folder": str(data.resolve()),
         "folder_b": str(Path(data_b).resolve()) if data_b is not None else None,
@@ -490,8 +581,10 @@ def run_training(
 __all__ = [
     "NonFiniteLossError",
     "TrainConfig",
+    "check_run_folder",
     "init_seed",
     "run_training",
+    "remove_stale_run_files",
     "save_progress_grid",
     "step_rng",
     "torch_seed",

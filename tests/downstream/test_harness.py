@@ -29,7 +29,6 @@ TINY = {
     "generators": {"pix2pix": {"steps": 2, "batch_size": 2, "n_synthetic": 4,
                                "config": {"ngf": 4, "ndf": 4, "n_layers_d": 2}}},
     "strategies": [{"name": "none"}, {"name": "pix2pix", "generators": ["pix2pix"], "ratio": 0.5}],
-    "quality": {"n": 4},
 }  # fmt: skip
 
 
@@ -169,8 +168,8 @@ def test_same_seed_same_numbers(compared, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"tasks": {"segment": {**TINY["tasks"]["segment"], "patch": 30}}}, "multiple of 2^depth"),
-    ({"tasks": {"segment": {**TINY["tasks"]["segment"], "steps": "abc"}}}, "steps must be an integer"),
-    ({"tasks": {"segment": {**TINY["tasks"]["segment"], "lr": "fast"}}}, "lr must be a number"),
+    ({"tasks": {"segment": {**TINY["tasks"]["segment"], "steps": "abc"}}}, "tasks.segment.steps: expected an integer"),
+    ({"tasks": {"segment": {**TINY["tasks"]["segment"], "lr": "fast"}}}, "tasks.segment.lr: expected a number"),
     ({"budgets": [-1]}, "budgets: values must be >= 1"),
     ({"budgets": "abc"}, "budgets: expected a list of integers"),
     ({"ceiling": ["pix2pix"]}, "uses generators"),

@@ -52,7 +52,6 @@ def experiment(folder, **data):
         "generators": {"pix2pix": {"steps": 2, "batch_size": 2, "n_synthetic": 4,
                                    "config": {"ngf": 4, "ndf": 4, "n_layers_d": 2}}},
         "strategies": [{"name": "none"}, {"name": "pix2pix", "generators": ["pix2pix"]}],
-        "quality": {"n": 4},
     })  # fmt: skip
 
 
