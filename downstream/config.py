@@ -37,12 +37,27 @@ class DataSpec:
     target_domain: str | None = None
     target_folder: str | None = None
     test_on: str = "source"  # "source" | "target" | "both"
+    # An external labelled cohort as the test set (e.g. train on your scans, test on a
+    # public set): every slice of it is tested, none of the source's patients is.
+    test_folder: str | None = None
 
 
 @dataclass(frozen=True)
 class SplitSpec:
+    """Which patients train, validate and test: fractions drawn with ``seed``, or a file.
+
+    ``file``: nnU-Net's ``splits_final.json`` (a list of folds ``{"train": [...], "val":
+    [...]}``; ``fold`` picks one; the test set is then ``data.test_folder``) or
+    ``{"train": [...], "val": [...], "test": [...]}``, patient ids either way. A relative
+    path is read next to the experiment YAML.
+    """
+
     fractions: tuple[float, float, float] = (0.6, 0.1, 0.3)
     seed: int = 0
+    file: str | None = None
+    fold: int = 0
+    # The parts read from `file` (filled by `load_split_file` when the config is loaded).
+    parts: dict[str, tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -204,11 +219,35 @@ def _check_recipe(spec: RecipeSpec, where: str) -> None:
          f"patch {spec.patch} must be a multiple of 2^depth = {2**depth} (the U-Net halves it depth times)")
 
 
+# The shipped experiment configs are package data (pyproject.toml), so `compare NAME`,
+# `demo` and `lesionforge configs` work from an installed wheel, in any directory.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Name -> file of every experiment config shipped with lesionforge (demo, smoke, ...)."""
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.yaml"))}
+
+
+def resolve_experiment(spec: str | Path) -> Path:
+    """The experiment YAML ``spec`` names: an existing path, else a shipped config's name
+    (``smoke`` or ``smoke.yaml``; a file of that name in the working directory wins)."""
+    path = Path(spec)
+    if path.exists():
+        return path
+    shipped = shipped_configs()
+    name = path.name.removesuffix(".yaml").removesuffix(".yml")
+    if path.parent == Path(".") and name in shipped:
+        return shipped[name]
+    raise ConfigError(
+        f"{path}: config file not found, and not a shipped config "
+        f"({', '.join(shipped) or 'none installed'}; `lesionforge configs list`)"
+    )
+
+
 def load_experiment(path: str | Path) -> Experiment:
-    """Parse and validate an experiment YAML."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
+    """Parse and validate an experiment YAML: a file, or a shipped config's name."""
+    path = resolve_experiment(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder; expected an experiment YAML file")
     try:
@@ -249,19 +288,70 @@ def _check_data(data: DataSpec, where: str) -> None:
         raise ConfigError(f"{where}: data.test_on must be source, target or both")
     if data.test_on != "source" and not (data.target_domain or data.target_folder):
         raise ConfigError(f"{where}: data.test_on={data.test_on} needs target_domain or target_folder")
+    if data.test_folder is not None and (data.target_domain or data.target_folder):
+        raise ConfigError(f"{where}: data.test_folder (an external test cohort) cannot be combined with a "
+                          "target domain; use test_on: target for a domain-shift test")
 
 
-def _check_split(split: SplitSpec, where: str) -> None:
+def _check_split(split: SplitSpec, data: DataSpec, where: str) -> None:
     train, val, test = split.fractions
-    if min(split.fractions) < 0 or train <= 0 or test <= 0:
+    external = data.test_folder is not None
+    if split.file is not None:
+        test = len(split.parts["test"]) if split.parts else 0
+        if external and test:
+            raise ConfigError(f"{where}: split.file names test patients and data.test_folder is the test set; "
+                              "keep one")
+        if not external and not test:
+            raise ConfigError(f"{where}: split.file {split.file} names no test patients; add a 'test' list or "
+                              "set data.test_folder")
+        return
+    if min(split.fractions) < 0 or train <= 0 or (test <= 0 and not external):
         raise ConfigError(f"{where}: split.fractions (train, val, test) must be >= 0 with train and test > 0, "
                           f"got {list(split.fractions)}")
+    if external and test > 0:
+        raise ConfigError(f"{where}: data.test_folder is the test set: set the test part of split.fractions to 0, "
+                          f"got {list(split.fractions)}")
+
+
+def load_split_file(path: Path, fold: int, where: str) -> dict[str, tuple[str, ...]]:
+    """``{"train", "val", "test"}`` patient ids from a split file (see `SplitSpec`)."""
+    if not path.is_file():
+        raise ConfigError(f"{where}: split.file {path}: not found")
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a JSON split file ({str(e).splitlines()[0]})") from None
+    if isinstance(raw, list):  # nnU-Net's splits_final.json: one {train, val} per fold
+        if not raw or not 0 <= fold < len(raw):
+            raise ConfigError(f"{path}: has {len(raw)} folds; split.fold {fold} is not one of them")
+        raw = raw[fold]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected {{train, val, test}} lists of patient ids or nnU-Net's list of folds")
+    unknown = sorted(set(raw) - {"train", "val", "test"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; expected train, val, test")
+    parts: dict[str, tuple[str, ...]] = {}
+    seen: dict[str, str] = {}
+    for name in ("train", "val", "test"):
+        ids = raw.get(name) or []
+        if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
+            raise ConfigError(f"{path}: '{name}' must be a list of patient ids (strings)")
+        for pid in ids:
+            if pid in seen:
+                raise ConfigError(f"{path}: patient {pid!r} is in both '{seen[pid]}' and '{name}'")
+            seen[pid] = name
+        parts[name] = tuple(ids)
+    if not parts["train"]:
+        raise ConfigError(f"{path}: no training patients")
+    return parts
 
 
 def phantom_train_patients(data: DataSpec, split: SplitSpec) -> int:
     """Training patients a phantom study will have: known before a slice is rendered."""
     from augment.sample import split_by_patient
 
+    if split.parts is not None:
+        return len(split.parts["train"])
     spp = data.slices_per_patient
     patient_ids = [f"p{i // spp:03d}" for i in range(data.n)]  # augment.phantom's numbering
     return len({patient_ids[i] for i in split_by_patient(patient_ids, split.fractions, seed=split.seed)["train"]})
@@ -276,7 +366,18 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
     data = build_dataclass(DataSpec, raw.get("data"), f"{where}: data")
     _check_data(data, where)
     split = build_dataclass(SplitSpec, raw.get("split"), f"{where}: split")
-    _check_split(split, where)
+    if split.parts is not None:
+        raise ConfigError(f"{where}: split.parts is filled from split.file; do not set it")
+    if split.file is not None:
+        given = set(raw.get("split") or {}) & {"fractions", "seed"}
+        if given:
+            raise ConfigError(f"{where}: split has a file and {', '.join(sorted(given))}; the file decides, "
+                              "remove the others")
+        file = Path(split.file)
+        if not file.is_absolute() and (Path(where).parent / file).is_file():
+            file = Path(where).parent / file
+        split = dataclasses.replace(split, file=str(file), parts=load_split_file(file, split.fold, where))
+    _check_split(split, data, where)
     tasks_raw = _mapping(raw.get("tasks"), f"{where}: tasks")
     if not tasks_raw:
         raise ConfigError(f"{where}: no tasks (segment, detect)")

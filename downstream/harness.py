@@ -86,6 +86,37 @@ def prepare_data(exp: Experiment, root: Path) -> tuple[SliceDataset, SliceDatase
     return source, target
 
 
+EXTERNAL_PREFIX = "external:"
+
+
+def external_test_samples(
+    external: SliceDataset, source: SliceDataset, train: SliceDataset, val: SliceDataset
+) -> list[Sample]:
+    """An external cohort's slices as test samples, after checking it can be one.
+
+    Its classes must mean what the source's mean (same ids, same names). Patient ids get
+    the prefix ``external:`` (cohorts number their patients independently, and the
+    leakage guard compares ids); the guard that matters across cohorts is by content: no
+    test image may be byte-identical to a training or validation image.
+    """
+    src_classes, ext_classes = source.info.get("classes") or {}, external.info.get("classes") or {}
+    for k, name in ext_classes.items():
+        if src_classes and src_classes.get(k) != name:
+            raise DataError(f"{external.folder}: class {k} is {name!r} here but "
+                            f"{src_classes.get(k, 'absent')!r} in {source.folder}; the labels must mean the same")
+    seen = {r.get("sha256", {}).get("image") for ds in (train, val) for r in ds.records} - {None}
+    copies = [r["id"] for r in external.records if r.get("sha256", {}).get("image") in seen]
+    if copies:
+        raise LeakageError(f"{external.folder}: {len(copies)} test slices are identical to training/validation "
+                           f"slices of {source.folder} (e.g. {copies[0]})")
+    out = []
+    for sample in external.samples():
+        sample = sample.copy()
+        sample.meta["patient_id"] = EXTERNAL_PREFIX + sample.patient_id
+        out.append(sample)
+    return out
+
+
 def _fingerprint(ds: SliceDataset) -> str:
     return config_hash([[r["id"], r.get("sha256")] for r in ds.records])
 
@@ -94,17 +125,14 @@ class Splits:
     """Patient-level split of the source (and target) data, with the leakage guard."""
 
     def __init__(self, exp: Experiment, source: SliceDataset, target: SliceDataset | None) -> None:
-        try:
-            parts = split_by_patient(source.patient_ids, exp.split.fractions, seed=exp.split.seed)
-        except DataError as e:
-            raise DataError(f"{source.folder}: {e}") from None
+        parts = self._parts(exp, source)
         self.source, self.target = source, target
         self.train = source.subset(parts["train"])
         self.val = source.subset(parts["val"])
         train_patients = set(self.train.patient_ids)
         test_patients = {source.patient_ids[i] for i in parts["test"]}
         tests = []
-        if exp.data.test_on in ("source", "both"):
+        if exp.data.test_on in ("source", "both") and parts["test"]:
             tests.append(source.subset(parts["test"]))
         if target is not None:
             t_test = [i for i, p in enumerate(target.patient_ids) if p in test_patients]
@@ -119,9 +147,39 @@ class Splits:
             self.target_train = None
             self.target_val = None
         self.test_samples: list[Sample] = [s for t in tests for s in t.samples()]
+        self.external: SliceDataset | None = None
+        if exp.data.test_folder:
+            self.external = SliceDataset(exp.data.test_folder)
+            self.test_samples += external_test_samples(self.external, source, self.train, self.val)
         self.test_patients = {s.patient_id for s in self.test_samples}
         if not self.test_samples:
             raise DataError("the test split is empty: use more patients or a larger test fraction")
+
+    @staticmethod
+    def _parts(exp: Experiment, source: SliceDataset) -> dict[str, list[int]]:
+        """Slice indices per part: from the split file's patient ids, or drawn by fractions."""
+        if exp.split.parts is None:
+            try:
+                return split_by_patient(source.patient_ids, exp.split.fractions, seed=exp.split.seed)
+            except DataError as e:
+                raise DataError(f"{source.folder}: {e}") from None
+        known = set(source.patient_ids)
+        where = {}
+        for name, ids in exp.split.parts.items():
+            missing = sorted(set(ids) - known)
+            if missing:
+                raise DataError(f"{exp.split.file}: {name} patient(s) {', '.join(missing[:5])} are not in "
+                                f"{source.folder}")
+            where.update(dict.fromkeys(ids, name))
+        unused = sorted(known - set(where))
+        if unused:
+            log.info("%s: %d patients of %s are in no part of the split (unused): %s", exp.split.file,
+                     len(unused), source.folder, ", ".join(unused[:5]))
+        parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+        for i, p in enumerate(source.patient_ids):
+            if p in where:
+                parts[where[p]].append(i)
+        return parts
 
     def labelled(self, budget: int, seed: int) -> SliceDataset:
         keep = set(budget_patients(self.train.patient_ids, budget, seed=seed))
