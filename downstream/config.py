@@ -114,6 +114,9 @@ class DetectSpec(RecipeSpec):
     rpn_fg_iou_thresh: float = 0.7  # anchor IoU for an RPN positive (torchvision's 0.7; small lesions: 0.5)
     rpn_bg_iou_thresh: float = 0.3
     rpn_post_nms_top_n: tuple[int, int] = (300, 100)
+    # unet backbone: the segmentation head's lesion components join the RPN's proposals
+    # (downstream.detect.SegmentationProposalHeads): small lesions the anchors miss.
+    seg_proposals: bool = False
 
 
 @dataclass(frozen=True)
@@ -394,6 +397,8 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
             raise ConfigError(f"{where}: tasks.detect.backbone must be one of {', '.join(DETECT_BACKBONES)}")
         if det.init not in ("segmenter", "scratch"):
             raise ConfigError(f"{where}: tasks.detect.init must be segmenter or scratch, got {det.init!r}")
+        if det.seg_proposals and det.backbone != "unet":
+            raise ConfigError(f"{where}: tasks.detect.seg_proposals needs backbone: unet (its segmentation head)")
         if det.init == "segmenter" and det.backbone == "unet" and "segment" not in tasks:
             raise ConfigError(f"{where}: tasks.detect.init: segmenter needs a tasks.segment section "
                               "(or set init: scratch)")

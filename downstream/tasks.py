@@ -146,6 +146,7 @@ def detector_config(spec: DetectSpec, labelled: SliceDataset, size: int, classes
                          rpn_pre_nms_top_n=tuple(spec.rpn_pre_nms_top_n),
                          rpn_post_nms_top_n=tuple(spec.rpn_post_nms_top_n),
                          detach_box_head=spec.detach_box_head, unet_levels=tuple(spec.levels),
+                         seg_proposals=spec.seg_proposals,
                          rpn_fg_iou_thresh=spec.rpn_fg_iou_thresh, rpn_bg_iou_thresh=spec.rpn_bg_iou_thresh,
                          backbone_weights=spec.backbone_weights, seg_classes=max(classes) + 1,
                          unet_base=arch.base, unet_depth=arch.depth,

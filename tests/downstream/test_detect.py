@@ -180,3 +180,56 @@ def test_backbone_weights_from_a_file_and_a_clear_error_for_missing_imagenet(tmp
     monkeypatch.setattr(type(MobileNet_V3_Large_Weights.IMAGENET1K_V1), "get_state_dict", offline)
     with pytest.raises(ConfigError, match="torch hub cache"):
         build_detector(DetectorConfig(image_size=64, backbone_weights="imagenet"), num_classes=2)
+
+
+def test_segmentation_proposals_are_the_segmenters_lesion_components():
+    from downstream.detect import segmentation_proposals
+
+    logits = torch.zeros(1, 2, 32, 32)
+    logits[0, 1, 5:9, 10:16] = 10.0  # one lesion: rows 5..8, columns 10..15
+    logits[0, 1, 30:32, 0:3] = 10.0  # one at the corner: the padded box is clipped
+    (boxes,) = segmentation_proposals(logits, [(32, 32)], pad=1)
+    # Pixel-edge boxes (x1, y1, x2, y2) of augment.sample.boxes_from_mask, grown by 1 px.
+    assert sorted(boxes.tolist()) == sorted([[9.0, 4.0, 17.0, 10.0], [0.0, 29.0, 4.0, 32.0]])
+    # Only the image's own area counts (a padded batch is larger than some images).
+    (boxes,) = segmentation_proposals(logits, [(20, 20)], pad=1)
+    assert boxes.tolist() == [[9.0, 4.0, 17.0, 10.0]]
+
+
+def test_box_head_sees_the_segmentation_proposals(monkeypatch):
+    from torchvision.models.detection.roi_heads import RoIHeads
+
+    from downstream.detect import SegmentationProposalHeads
+
+    plain = build_detector(_unet_cfg(), num_classes=2)
+    model = build_detector(_unet_cfg(seg_proposals=True), num_classes=2)
+    assert isinstance(model.roi_heads, SegmentationProposalHeads)
+    # Same parameters (names and shapes): weights move between the two freely.
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    seen = {}
+    original = RoIHeads.forward
+
+    def spy(self, features, proposals, image_shapes, targets=None):
+        seen["proposals"] = proposals
+        return original(self, features, proposals, image_shapes, targets)
+
+    monkeypatch.setattr(RoIHeads, "forward", spy)
+    with torch.no_grad():  # a segmenter that calls every pixel lesion: one component per slice
+        model.backbone.unet.head.bias[1] = 50.0
+    batch = collate(_square_slices(), "head-model")
+    model.eval()
+    predict(model, [batch], torch.device("cpu"))
+    expected = segmentation_proposals_of(model, batch)
+    assert [len(e) for e in expected] == [1] * len(expected)
+    for got, extra in zip(seen["proposals"], expected, strict=True):
+        assert torch.equal(got[-1:], extra)
+
+
+def segmentation_proposals_of(model, batch):
+    from downstream.detect import segmentation_proposals
+
+    images, _ = to_detection_inputs(batch, torch.device("cpu"), 1)
+    transformed, _ = model.transform(images)
+    with torch.no_grad():
+        model.backbone(transformed.tensors)
+    return segmentation_proposals(model.backbone.last_logits, transformed.image_sizes)
