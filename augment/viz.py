@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from skimage.measure import find_contours
 
 from augment.errors import DataError
 from augment.sample import Sample, write_bytes_atomic
-from augment.window import Window, display
+from augment.window import WINDOWS, Window, display, get_window
 
 # One colour per lesion class (class k uses entry (k - 1) mod len): saturated hues that
 # stand out against a grey CT, in an order that keeps classes 1-3 far apart.
@@ -37,6 +37,12 @@ CLASS_COLOURS = (
     "#64d2ff",  # cyan
     "#ff375f",  # pink
 )
+
+
+# Footer below a grid, in inches: the window caption, then one line per legend row.
+CAPTION_INCHES = 0.25
+LEGEND_ROW_INCHES = 0.25
+LEGEND_ENTRY_INCHES = 0.9  # width one legend entry needs ("IPH", "class 12" ...)
 
 
 def class_colour(k: int) -> str:
@@ -54,6 +60,107 @@ def mask_contours(mask: np.ndarray, cls: int) -> list[np.ndarray]:
     return [c - 1 for c in find_contours(padded, 0.5)]
 
 
+def window_label(window: str | Window) -> str:
+    """How a figure states its display window: ``brain (C 40 / W 80 HU)``.
+
+    A window that is not one of the named `WINDOWS` is stated by its numbers alone.
+    """
+    w = get_window(window)
+    name = window if isinstance(window, str) else None
+    name = name or next((n for n, v in WINDOWS.items() if v == w), None)
+    numbers = f"C {w.center:g} / W {w.width:g} HU"
+    return f"{name} ({numbers})" if name else numbers
+
+
+def class_names_of(names: Mapping[int | str, str] | None) -> dict[int, str]:
+    """``{class id: name}`` from a ``dataset.json`` ``classes`` map (keys may be strings)."""
+    return {int(k): str(v) for k, v in (names or {}).items()}
+
+
+def grid_figure(
+    rows: Sequence[Sequence[Sample]],
+    *,
+    window: str | Window = "brain",
+    titles: Sequence[str] | Sequence[Sequence[str]] | None = None,
+    row_labels: Sequence[str] | None = None,
+    contour: bool = True,
+    boxes: bool = False,
+    class_names: Mapping[int | str, str] | None = None,
+    cell_inches: float = 2.0,
+    dpi: int = 100,
+) -> Figure:
+    """The figure `save_grid` saves (see there for the arguments)."""
+    rows = [list(r) for r in rows]
+    n_cols = max((len(r) for r in rows), default=0)
+    if n_cols == 0:
+        raise DataError("no samples to draw")
+    if row_labels is not None and len(row_labels) != len(rows):
+        raise ValueError(f"{len(row_labels)} row labels for {len(rows)} rows")
+    cell_titles = _cell_titles(titles, rows, n_cols)
+    width = cell_inches * n_cols
+    # Which classes the legend needs is known only after drawing; the footer height
+    # (window caption + legend rows) must be known before, so look at the labels first.
+    classes = sorted(
+        {int(k) for row in rows for s in row for k in np.unique(s.mask) if contour and k}
+        | {int(k) for row in rows for s in row for k in s.labels if boxes and k}
+    )
+    ncol = max(1, min(len(classes), int(width / LEGEND_ENTRY_INCHES)))
+    legend_rows = -(-len(classes) // ncol) if classes else 0
+    footer = CAPTION_INCHES + LEGEND_ROW_INCHES * legend_rows
+    height = cell_inches * len(rows) + footer
+
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), n_cols, squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(row):
+                ax.set_axis_off()
+                continue
+            _draw(ax, row[c], window, contour=contour, boxes=boxes)
+            if cell_titles[r][c]:
+                ax.set_title(cell_titles[r][c], fontsize=8)
+        if row_labels is not None:
+            axes[r][0].set_ylabel(str(row_labels[r]), fontsize=8)
+    if classes:
+        names = class_names_of(class_names)
+        handles = [Line2D([], [], color=class_colour(k), linewidth=2) for k in classes]
+        labels = [names.get(k, f"class {k}") for k in classes]
+        fig.legend(
+            handles,
+            labels,
+            loc="lower center",
+            bbox_to_anchor=(0.5, CAPTION_INCHES / height),
+            ncol=ncol,
+            fontsize=8,
+            frameon=False,
+        )
+    fig.text(
+        0.5,
+        0.04 / height,
+        f"window: {window_label(window)}",
+        ha="center",
+        va="bottom",
+        fontsize=7,
+        color="0.25",
+    )
+    fig.tight_layout(rect=(0, footer / height, 1, 1))
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG, atomically, with no metadata that changes between runs."""
+    path = Path(path)
+    buf = io.BytesIO()
+    # No "Software" (matplotlib version) entry: identical figures give identical bytes.
+    fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
+    write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
 def save_grid(
     rows: Sequence[Sequence[Sample]],
     path: str | os.PathLike,
@@ -63,11 +170,14 @@ def save_grid(
     row_labels: Sequence[str] | None = None,
     contour: bool = True,
     boxes: bool = False,
-    class_names: dict[int, str] | None = None,
+    class_names: Mapping[int | str, str] | None = None,
     cell_inches: float = 2.0,
     dpi: int = 100,
 ) -> Path:
     """Save a PNG grid of slices, windowed for viewing, with their labels drawn on.
+
+    Below the grid: a legend naming each class drawn, and the display window
+    (``window: brain (C 40 / W 80 HU)``).
 
     Args:
         rows: samples, one list per grid row (rows may differ in length).
@@ -77,53 +187,28 @@ def save_grid(
         row_labels: one label per row, shown left of it.
         contour: outline each lesion class in its colour (`class_colour`).
         boxes: draw the sample's boxes (dashed, in the colour of their label).
-        class_names: legend names of classes; ``class k`` when missing.
+        class_names: legend names of classes, as ``dataset.json`` ``classes`` holds them
+            (``{"1": "IPH", ...}``, int keys too); ``class k`` when missing.
         cell_inches: size of one cell; ``dpi``: resolution.
 
     Returns:
         ``path`` as a `Path`.
     """
-    path = Path(path)
-    rows = [list(r) for r in rows]
-    n_cols = max((len(r) for r in rows), default=0)
-    if n_cols == 0:
-        raise DataError(f"{path}: no samples to draw")
-    if row_labels is not None and len(row_labels) != len(rows):
-        raise ValueError(f"{len(row_labels)} row labels for {len(rows)} rows")
-    cell_titles = _cell_titles(titles, rows, n_cols)
-
-    fig = Figure(figsize=(cell_inches * n_cols, cell_inches * len(rows) + 0.4), dpi=dpi)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(rows), n_cols, squeeze=False)
-    classes: set[int] = set()
-    for r, row in enumerate(rows):
-        for c in range(n_cols):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c >= len(row):
-                ax.set_axis_off()
-                continue
-            classes |= _draw(ax, row[c], window, contour=contour, boxes=boxes)
-            if cell_titles[r][c]:
-                ax.set_title(cell_titles[r][c], fontsize=8)
-        if row_labels is not None:
-            axes[r][0].set_ylabel(str(row_labels[r]), fontsize=8)
-    classes.discard(0)
-    if classes and (contour or boxes):
-        names = class_names or {}
-        handles = [Line2D([], [], color=class_colour(k), linewidth=2) for k in sorted(classes)]
-        labels = [names.get(k, f"class {k}") for k in sorted(classes)]
-        fig.legend(
-            handles, labels, loc="lower center", ncol=len(handles), fontsize=8, frameon=False
+    try:
+        fig = grid_figure(
+            rows,
+            window=window,
+            titles=titles,
+            row_labels=row_labels,
+            contour=contour,
+            boxes=boxes,
+            class_names=class_names,
+            cell_inches=cell_inches,
+            dpi=dpi,
         )
-    fig.tight_layout(rect=(0, 0.4 / (cell_inches * len(rows) + 0.4), 1, 1))
-
-    buf = io.BytesIO()
-    # No "Software" (matplotlib version) entry: identical figures give identical bytes.
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
-    write_bytes_atomic(path, buf.getvalue())
-    return path
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
+    return save_figure(fig, path)
 
 
 def _cell_titles(
@@ -189,12 +274,14 @@ def preview_augmentations(
     n_aug: int = 3,
     window: str | Window = "brain",
     boxes: bool = True,
-    class_names: dict[int, str] | None = None,
+    class_names: Mapping[int | str, str] | None = None,
 ) -> Path:
     """A grid with one row per sample: the original, then ``n_aug`` augmented draws.
 
     Each augmented cell is titled with the ops that ran (from ``meta["augment"]``), so a
     preview shows what a pipeline does and whether masks and boxes stayed on the lesion.
+    ``class_names`` (the dataset's ``dataset.json`` ``classes``) name the legend entries;
+    the display ``window`` is stated under the grid.
 
     Returns:
         ``path`` as a `Path`.

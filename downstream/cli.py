@@ -90,7 +90,10 @@ def cmd_augment_preview(a: argparse.Namespace) -> None:
     picked = [i for i in order if ds.load(int(i)).has_lesion][: a.n] or list(order[: a.n])
     samples = [ds.load(int(i)) for i in picked]
     window = a.window or DISPLAY_WINDOW.get(ds.kind, "brain")
-    path = preview_augmentations(samples, augmenter, rng, a.out, n_aug=a.n_aug, window=window)
+    path = preview_augmentations(
+        samples, augmenter, rng, a.out, n_aug=a.n_aug, window=window,
+        class_names=ds.info.get("classes"),
+    )
     print(f"wrote augmentation preview: {path}")
 
 
@@ -186,6 +189,63 @@ def cmd_demo(a: argparse.Namespace) -> None:
     print(f"report: {report}")
 
 
+PIPELINES_CONFIG = "pipelines"  # `configs show` name of augment's named-pipelines file
+
+
+def _shipped_files() -> dict[str, Path]:
+    from augment.classical import DEFAULT_CONFIG
+    from downstream.config import shipped_configs
+
+    return {**shipped_configs(), PIPELINES_CONFIG: DEFAULT_CONFIG}
+
+
+def _first_comment(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") and line.strip("# "):
+            text = line.lstrip("# ").rstrip()
+            return text if len(text) <= 78 else text[:75] + "..."
+    return ""
+
+
+def cmd_configs_list(a: argparse.Namespace) -> None:
+    files = _shipped_files()
+    pipelines = files.pop(PIPELINES_CONFIG)
+    print("experiments (`lesionforge compare NAME`; `lesionforge configs show NAME > my.yaml` to edit one):")
+    for name, path in files.items():
+        print(f"  {name:<15} {_first_comment(path)}")
+    print("augmentation pipelines (`--pipeline NAME`, or `--pipeline my.yaml:NAME` for an edited copy):")
+    from augment.classical import load_pipelines
+
+    print(f"  {PIPELINES_CONFIG:<15} {', '.join(load_pipelines(pipelines))}")
+
+
+def cmd_configs_show(a: argparse.Namespace) -> None:
+    from augment.errors import ConfigError
+
+    files = _shipped_files()
+    name = a.name.removesuffix(".yaml")
+    if name not in files:
+        raise ConfigError(f"{a.name}: not a shipped config; known: {', '.join(files)}")
+    sys.stdout.write(files[name].read_text(encoding="utf-8"))
+
+
+def cmd_gan_export(a: argparse.Namespace) -> None:
+    from gan.export import export_generator
+
+    r = export_generator(a.run, a.out, overwrite=a.overwrite)
+    print(f"exported the {r['model']} generator (step {r['step']}) of {r['source']} to {r['path']}: "
+          f"{r['bytes'] / 1e6:.2f} MB (the full checkpoint: {r['source_bytes'] / 1e6:.2f} MB)")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lesionforge")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 # -------------------------------------------------------------------------- parser
 
 
@@ -229,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lesionforge",
         description="Make more labelled lesion CT data out of little, and measure whether it helps.",
     )
+    p.add_argument("--version", action="version", version=f"lesionforge {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # data
@@ -324,6 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, help="output folder (default: RUN/eval)")
     ev.set_defaults(func=cmd_gan_evaluate)
 
+    # Commands with nothing random in them take -v alone.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    gx = g.add_parser("export", parents=[verbose],
+                      help="generator-only checkpoint to share (no discriminator, no optimizer)")
+    gx.add_argument("run", type=Path, help="run folder (its last.pt) or checkpoint")
+    gx.add_argument("--out", type=_output_file, required=True, help="file to write, e.g. gen.pt")
+    gx.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    gx.set_defaults(func=cmd_gan_export)
+
     sy = sub.add_parser("synthesize", parents=[common, device], help="write a labelled synthetic dataset")
     sy.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file, or a run folder (its last.pt)")
     sy.add_argument("--n", type=int, required=True, help="synthetic slices to write, >= 1")
@@ -335,13 +406,23 @@ def build_parser() -> argparse.ArgumentParser:
     sy.set_defaults(func=cmd_synthesize)
 
     cp = sub.add_parser("compare", parents=[common, device], help="compare augmentation strategies (YAML config)")
-    cp.add_argument("config", type=Path)
+    cp.add_argument("config", type=Path,
+                    help="experiment YAML, or the name of a shipped one (`lesionforge configs list`)")
     cp.add_argument("--out", type=Path, help="output folder (default from the config)")
     cp.set_defaults(func=cmd_compare)
 
     dm = sub.add_parser("demo", parents=[common, device], help="the quick end-to-end run on the head-ICH phantom")
     dm.add_argument("--out", type=Path, default=Path("out/demo"))
     dm.set_defaults(func=cmd_demo)
+
+    cf = sub.add_parser("configs", help="the shipped experiment configs and pipelines").add_subparsers(
+        dest="configs_command", required=True, metavar="SUBCOMMAND"
+    )
+    cl = cf.add_parser("list", parents=[verbose], help="names of the shipped configs, one line each")
+    cl.set_defaults(func=cmd_configs_list)
+    cs = cf.add_parser("show", parents=[verbose], help="print a shipped config's YAML (`> my.yaml` to copy and edit it)")
+    cs.add_argument("name", help="a name from `lesionforge configs list`")
+    cs.set_defaults(func=cmd_configs_show)
     return p
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ SECONDARY = {
                ("image.recall", "recall @θ"), ("image.accuracy", "accuracy @θ"), ("auc", "AUC")],
 }
 LOWER_IS_BETTER = {"hd95", "fp_per_slice", "fp_boxes_per_slice"}
+# Metrics that live in [0, 1]: their plots show exactly that range (and a little headroom).
+UNIT_METRICS = {"dice", "iou", "mAP50", "lesion_sensitivity", "small_lesion_sensitivity", "box_sensitivity",
+                "small_box_sensitivity", "sens_at_1fp", "auc"}
 
 
 @dataclass
@@ -73,7 +77,11 @@ def write_report(
     exp, rows: list[dict[str, Any]], gen_quality: list[dict[str, Any]], out: Path, *,
     classes: dict[int, str], total_seconds: float, splits=None, failures: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write report.md, report.html and plots into ``out``; returns report.md's path."""
+    """Write report.md, report.html and plots into ``out``; returns report.md's path.
+
+    report.md links the PNGs (in ``out/plots`` and the generators' quality folders);
+    report.html embeds them, so it is one file that can be mailed or attached as it is.
+    """
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     blocks: list[Block] = [Block("h1", f"lesionforge comparison: {exp.name}")]
@@ -83,7 +91,8 @@ def write_report(
                  if exp.data.phantom else f"folder `{exp.data.folder}`")
     test_desc = ""
     if splits is not None:
-        test_desc = (f" Test set: {len(splits.test_samples)} slices of {len(splits.test_patients)} patients, "
+        source = f" of the external cohort `{exp.data.test_folder}`" if exp.data.test_folder else ""
+        test_desc = (f" Test set{source}: {len(splits.test_samples)} slices of {len(splits.test_patients)} patients, "
                      f"never seen by any model or generator (checked).")
     blocks.append(Block("p", (
         f"Data: {data_desc}. Label budgets (labelled patients): {', '.join(map(str, budgets))}. "
@@ -110,7 +119,7 @@ def write_report(
     blocks += _timing_section(rows, gen_quality)
     md = _render_md(blocks)
     write_bytes_atomic(out / "report.md", md.encode())
-    write_bytes_atomic(out / "report.html", _render_html(blocks, exp.name).encode())
+    write_bytes_atomic(out / "report.html", _render_html(blocks, exp.name, out).encode())
     return out / "report.md"
 
 
@@ -238,7 +247,7 @@ def _task_section(task: str, rows: list[dict[str, Any]], exp, out: Path, verdict
     _curve(png, strategies, budgets, by, key, label, ceiling=(ceiling_budget, ceiling_mean))
     blocks.append(Block("img", text=str(png.relative_to(out)), header=[f"{label} vs label budget"]))
     png = out / "plots" / f"{task}_validation_curves.png"
-    _val_curves(png, rows, label)
+    _val_curves(png, rows, key, label)
     blocks.append(Block("img", text=str(png.relative_to(out)),
                         header=[f"validation {label} during training (one line per run; the checkpoint kept is "
                                 "the best point)"]))
@@ -291,9 +300,21 @@ def _nothing_learned(task: str, metrics: list[dict[str, Any]], label: str) -> st
             f"the strategies. Raise `tasks.{task}.steps` (the full studies in configs/ do).")
 
 
-def _val_curves(path: Path, rows: list[dict[str, Any]], label: str) -> None:
+def _metric_axis(ax, key: str) -> None:
+    """A [0, 1] metric on [0, 1.05] (never below 0, whatever the error bars); others from 0."""
+    if key in UNIT_METRICS:
+        ax.set_ylim(0, 1.05)
+    else:
+        ax.set_ylim(bottom=0)
+
+
+def _val_curves(path: Path, rows: list[dict[str, Any]], key: str, label: str):
+    """Validation metric against training step, one line per run; returns the Figure."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     colours: dict[str, Any] = {}
+    steps: set[int] = set()
     for r in sorted(rows, key=lambda r: (r["strategy"], r["budget"], r["seed"])):
         curve = r.get("val_curve") or []
         if not curve:
@@ -301,18 +322,26 @@ def _val_curves(path: Path, rows: list[dict[str, Any]], label: str) -> None:
         c = colours.setdefault(r["strategy"], f"C{len(colours) % 10}")
         x, y = zip(*curve, strict=True)
         ax.plot(x, y, color=c, alpha=0.6, lw=1, ls="--" if r.get("ceiling") else "-",
+                marker="o" if len(x) <= 12 else None, ms=3,  # few evaluations: show each (one draws no line)
+                clip_on=False,  # a run stuck at 0 lies on the x axis: draw it over the spine
                 label=r["strategy"] if r["strategy"] not in ax.get_legend_handles_labels()[1] else None)
+        steps.update(x)
     ax.set_xlabel("training step")
     ax.set_ylabel(f"validation {label}")
-    ax.set_ylim(bottom=0)
+    _metric_axis(ax, key)
+    if steps and max(steps) - min(steps) < 2:  # else matplotlib ticks 0.95, 0.975, ... around one step
+        ax.set_xlim(min(steps) - 1, max(steps) + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if colours:
         ax.legend(fontsize=8)
     fig.tight_layout()
     _savefig(fig, path)
+    return fig
 
 
-def _curve(path: Path, strategies, budgets, by, key, label, ceiling=(None, float("nan"))) -> None:
+def _curve(path: Path, strategies, budgets, by, key, label, ceiling=(None, float("nan"))):
+    """Mean ± sd of the metric against the label budget, one line per strategy; returns the Figure."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     if ceiling[0] is not None and math.isfinite(ceiling[1]):
         ax.axhline(ceiling[1], color="grey", ls=":", label=f"none, all {ceiling[0]} patients (ceiling)")
@@ -321,15 +350,22 @@ def _curve(path: Path, strategies, budgets, by, key, label, ceiling=(None, float
         means = [m for m, _ in ms]
         sds = [0 if not math.isfinite(sd) else sd for _, sd in ms]
         x = np.array(budgets, float) * (1 + 0.015 * (i - len(strategies) / 2))  # dodge overlapping bars
-        ax.errorbar(x, means, yerr=sds, marker="o", capsize=3, label=s)
+        if key in UNIT_METRICS:  # ± sd bars stop at the metric's bounds
+            mu = np.nan_to_num(np.array(means, float))
+            sds = [np.minimum(sds, mu), np.minimum(sds, 1 - mu)]
+        bars = ax.errorbar(x, means, yerr=sds, marker="o", capsize=3, label=s)
+        bars.lines[0].set_clip_on(False)  # a mean of 0 lies on the x axis: draw it over the spine
     ax.set_xlabel("labelled patients")
     ax.set_ylabel(label)
-    ax.set_ylim(bottom=0)
-    ax.set_xticks(budgets)
+    _metric_axis(ax, key)
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    pad = max(0.5, 0.08 * (max(budgets) - min(budgets)))  # room for the dodged points
+    ax.set_xlim(min(budgets) - pad, max(budgets) + pad)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     _savefig(fig, path)
+    return fig
 
 
 def _savefig(fig, path: Path) -> None:
@@ -420,13 +456,26 @@ def _inline_html(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
 
 
-def _render_html(blocks: list[Block], title: str) -> str:
+def _data_uri(path: Path) -> str:
+    """A PNG as a ``data:`` URI, so the HTML report needs no file beside it."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+# A table cell that holds a number (or "–" for none, a CI, a p-value such as "< 0.001").
+_NUMERIC = re.compile(r"^(?:[-+–<≤]?\s*[0-9.]|–$|\[)")
+
+
+def _render_html(blocks: list[Block], title: str, root: Path) -> str:
+    """One self-contained page: image blocks (paths relative to ``root``) are embedded."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>lesionforge: {html.escape(title)}</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}img{max-width:100%}code{background:#f3f3f3}</style>",
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+        ".n{text-align:right}img{max-width:100%}code{background:#f3f3f3}"
+        "figure{margin:1.5em 0}figcaption{color:#444;font-size:0.9em}</style>",
         "</head><body>",
     ]
     for b in blocks:
@@ -435,11 +484,17 @@ def _render_html(blocks: list[Block], title: str) -> str:
         elif b.kind == "p":
             parts.append(f"<p>{_inline_html(b.text)}</p>")
         elif b.kind == "table":
-            parts.append("<table><tr>" + "".join(f"<th>{_inline_html(h)}</th>" for h in b.header) + "</tr>")
-            parts += ["<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in b.rows]
+            # Numbers right-aligned (so their digits line up), words left; per column.
+            num = [" class=n" if b.rows and all(_NUMERIC.match(r[i]) for r in b.rows if i < len(r)) else ""
+                   for i in range(len(b.header))]
+            parts.append("<table><tr>" + "".join(f"<th{n}>{_inline_html(h)}</th>"
+                                                 for n, h in zip(num, b.header, strict=True)) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td{num[i] if i < len(num) else ''}>{_inline_html(c)}</td>"
+                                       for i, c in enumerate(r)) + "</tr>" for r in b.rows]
             parts.append("</table>")
         elif b.kind == "img":
             cap = html.escape(b.header[0]) if b.header else ""
-            parts.append(f"<figure><img src='{html.escape(b.text)}' alt='{cap}'><figcaption>{cap}</figcaption></figure>")
+            parts.append(f"<figure><img src='{_data_uri(root / b.text)}' alt='{cap}'>"
+                         f"<figcaption>{cap}</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts)

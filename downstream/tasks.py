@@ -206,7 +206,8 @@ def _backbone_desc(spec: DetectSpec) -> str:
     if spec.backbone == "unet":
         if spec.init != "segmenter":
             return "unet, from scratch"
-        return "unet, the run's segmenter" + (" (frozen)" if spec.freeze_backbone else ", fine-tuned")
+        desc = "unet, the run's segmenter" + (" (frozen)" if spec.freeze_backbone else ", fine-tuned")
+        return desc + ("; proposals: RPN + the segmenter's lesion components" if spec.seg_proposals else "")
     if spec.backbone_weights == "imagenet":
         return f"{spec.backbone}, ImageNet weights (torchvision)"
     if spec.backbone_weights:

@@ -376,15 +376,21 @@ def _summary_png(
     return _save_figure(fig, path)
 
 
-def _pairs_png(path: Path, mem: dict[str, Any], n: int = PAIRS_SHOWN) -> str | None:
+def _pairs_png(path: Path, mem: dict[str, Any], window: Window, n: int = PAIRS_SHOWN) -> str | None:
+    """The synthetic images (or lesion patches) closest to a training one, above it,
+    shown in ``window``, the window SSIM was computed in."""
     if "queries" not in mem or not np.isfinite(mem["ssim"]).any():
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from augment.viz import window_label
+
     ssim = np.where(np.isfinite(mem["ssim"]), mem["ssim"], -np.inf)
     order = [int(i) for i in np.argsort(-ssim, kind="stable")[:n] if np.isfinite(ssim[i])]
-    fig = Figure(figsize=(1.8 * len(order), 4.0), dpi=100)
+    caption_in = 0.25
+    height = 4.0 + caption_in
+    fig = Figure(figsize=(max(1.8 * len(order), 3.6), height), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, len(order), squeeze=False)
     for c, i in enumerate(order):
@@ -401,7 +407,16 @@ def _pairs_png(path: Path, mem: dict[str, Any], n: int = PAIRS_SHOWN) -> str | N
             ax.set_yticks([])
     axes[0][0].set_ylabel("synthetic", fontsize=8)
     axes[1][0].set_ylabel("nearest training", fontsize=8)
-    fig.tight_layout()
+    fig.text(
+        0.5,
+        0.04 / height,
+        f"window: {window_label(window)} (the window SSIM is computed in)",
+        ha="center",
+        va="bottom",
+        fontsize=7,
+        color="0.25",
+    )
+    fig.tight_layout(rect=(0, caption_in / height, 1, 1))
     return _save_figure(fig, path)
 
 
@@ -541,7 +556,7 @@ def evaluate_generator(
         patch_px=patch_px,
     )
     out.mkdir(parents=True, exist_ok=True)
-    mem["pairs_png"] = _pairs_png(out / "memorisation_pairs.png", arrays)
+    mem["pairs_png"] = _pairs_png(out / "memorisation_pairs.png", arrays, window)
     result["memorisation"] = mem
     result["memorisation_png"] = mem["pairs_png"]
     result["summary_png"] = _summary_png(
@@ -564,7 +579,7 @@ def evaluate_generator(
             row_labels=[f"{module.name} synthetic", "real (held-out)"],
             contour=True,
             titles=[s.id for s in synthetic[:shown]],
-            class_names={int(k): v for k, v in (module.data_info.get("classes") or {}).items()},
+            class_names=module.data_info.get("classes"),
         )
     )
     details = {

@@ -207,7 +207,11 @@ def _grid_hosts(data: Sequence[Sample], n: int) -> list[Sample]:
 def save_progress_grid(
     module: GanModule, hosts: Sequence[Sample], path: Path, *, seed: int, window: Window
 ) -> Path:
-    """Row 1: real host slices; then the model's `preview_rows` (mask contours)."""
+    """Row 1: real host slices; then the model's `preview_rows` (mask contours).
+
+    The legend names classes as the training data's ``dataset.json`` does
+    (``module.data_info["classes"]``); the grid states its display ``window``.
+    """
     from augment.viz import save_grid
 
     rows = module.preview_rows(hosts, seed=seed)
@@ -221,6 +225,7 @@ def save_progress_grid(
         titles=[s.id for s in real],
         row_labels=["real", *(label for label, _ in rows)],
         contour=True,
+        class_names=module.data_info.get("classes"),
     )
     return path
 

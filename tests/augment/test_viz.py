@@ -9,7 +9,15 @@ from PIL import Image
 from augment.classical import build_augmenter
 from augment.errors import DataError
 from augment.sample import Sample
-from augment.viz import class_colour, mask_contours, preview_augmentations, save_grid
+from augment.viz import (
+    class_colour,
+    grid_figure,
+    mask_contours,
+    preview_augmentations,
+    save_grid,
+    window_label,
+)
+from augment.window import Window
 
 N = 40
 
@@ -59,8 +67,9 @@ def test_save_grid_draws_contours_per_class_and_is_byte_stable(tmp_path):
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 2000
     pixels = rgb(path)
-    # Figure: 2 columns x 2 rows of 2-inch cells at 100 dpi, plus a 0.4-inch legend strip.
-    assert pixels.shape == (440, 400, 3)
+    # Figure: 2 columns x 2 rows of 2-inch cells at 100 dpi, plus a 0.5-inch footer
+    # (one legend row, the window caption).
+    assert pixels.shape == (450, 400, 3)
     assert colour_pixels(pixels, class_colour(1)) > 50
     assert colour_pixels(pixels, class_colour(2)) > 50
     # Same input, same bytes: no timestamp, no version string.
@@ -93,7 +102,7 @@ def test_preview_augmentations_grid(tmp_path):
     aug = build_augmenter("heavy")
     path = preview_augmentations(samples, aug, np.random.default_rng(0), tmp_path / "pre.png")
     pixels = rgb(path)
-    assert pixels.shape == (440, 800, 3)  # 2 rows x (original + 3 augmented) columns
+    assert pixels.shape == (450, 800, 3)  # 2 rows x (original + 3 augmented) columns
     assert colour_pixels(pixels, class_colour(1)) > 100
     same = preview_augmentations(samples, aug, np.random.default_rng(0), tmp_path / "same.png")
     other = preview_augmentations(samples, aug, np.random.default_rng(1), tmp_path / "other.png")
@@ -104,3 +113,57 @@ def test_preview_augmentations_grid(tmp_path):
     np.testing.assert_array_equal(samples[0].image, sample(0).image)
     with pytest.raises(ValueError, match="n_aug"):
         preview_augmentations(samples, aug, np.random.default_rng(0), tmp_path / "n.png", n_aug=0)
+
+
+def legend_texts(fig) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def figure_texts(fig) -> list[str]:
+    return [t.get_text() for t in fig.texts]
+
+
+def test_window_label_names_the_window_and_its_numbers():
+    assert window_label("brain") == "brain (C 40 / W 80 HU)"
+    assert window_label(Window(60, 150)) == "liver (C 60 / W 150 HU)"  # a named one, by value
+    assert window_label(Window(35.5, 90)) == "C 35.5 / W 90 HU"  # unnamed: its numbers
+
+
+def test_grid_legend_names_classes_and_the_window_is_stated():
+    rows = [[sample(0), sample(1, classes=(2,))]]
+    # dataset.json's classes as read from JSON: string keys.
+    fig = grid_figure(rows, class_names={"1": "IPH", "2": "IVH", "3": "EDH"})
+    assert legend_texts(fig) == ["IPH", "IVH"]  # only the classes drawn, in id order
+    assert figure_texts(fig) == ["window: brain (C 40 / W 80 HU)"]
+    # Without names (a dataset that has none) the legend falls back to the id.
+    fig = grid_figure(rows, window=Window(35, 90), class_names={2: "IVH"})
+    assert legend_texts(fig) == ["class 1", "IVH"]
+    assert figure_texts(fig) == ["window: C 35 / W 90 HU"]
+    # Nothing drawn on the slices: no legend, the window is still stated.
+    fig = grid_figure([[sample(classes=())]], window="liver")
+    assert legend_texts(fig) == [] and figure_texts(fig) == ["window: liver (C 60 / W 150 HU)"]
+
+
+def test_boxes_alone_name_their_classes_too():
+    fig = grid_figure([[sample()]], contour=False, boxes=True, class_names={1: "IPH"})
+    assert legend_texts(fig) == ["IPH", "class 2"]
+
+
+def test_preview_names_classes_and_states_its_window(tmp_path, monkeypatch):
+    import augment.viz as viz
+
+    saved = []
+    write = viz.save_figure
+    monkeypatch.setattr(viz, "save_figure", lambda fig, path: saved.append(fig) or write(fig, path))
+    preview_augmentations(
+        [sample(0)],
+        build_augmenter("heavy"),
+        np.random.default_rng(0),
+        tmp_path / "pre.png",
+        n_aug=1,
+        window="blood",
+        class_names={"1": "IPH", "2": "IVH"},
+    )
+    (fig,) = saved
+    assert legend_texts(fig) == ["IPH", "IVH"]
+    assert figure_texts(fig) == ["window: blood (C 50 / W 100 HU)"]

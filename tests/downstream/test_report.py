@@ -107,3 +107,73 @@ def test_undertrained_runs_are_marked_and_not_compared(tmp_path):
     assert next(r for r in diff.rows if r[0] == "classical")[-1] == "helps"
     assert any(v.startswith("segment at 6 patients: pix2pix had runs still improving") for v in verdicts)
     assert not any(v.startswith("**pix2pix**") or v.startswith("pix2pix shows") for v in verdicts)
+
+
+def _report(tmp_path, rows, gen_quality=()):
+    from types import SimpleNamespace
+
+    from downstream.report import write_report
+
+    data = SimpleNamespace(phantom="head-ich", n=48, size=64, domain="A", target_domain=None)
+    exp = SimpleNamespace(name="t", budgets=_Exp.budgets, seeds=_Exp.seeds, strategies=_Exp.strategies,
+                          tasks=["segment"], data=data)
+    return write_report(exp, rows, list(gen_quality), tmp_path, classes={1: "IPH"}, total_seconds=1.0)
+
+
+def test_html_report_is_one_file_with_every_image_embedded(tmp_path):
+    import base64
+    import io
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    from augment.sample import Sample
+    from augment.viz import save_grid
+
+    mask = np.zeros((32, 32), np.uint8)
+    mask[10:16, 10:16] = 1
+    slice_ = Sample(np.where(mask > 0, 70.0, 30.0).astype(np.float32), mask, meta={"id": "s0"})
+    grid = save_grid([[slice_]], tmp_path / "quality" / "g" / "grid.png", class_names={1: "IPH"})
+    quality = {"generator": "pix2pix", "budget": 6, "seed": 0, "grid_png": str(grid), "fid_status": ""}
+    md = _report(tmp_path, _rows({"none": 0.0, "classical": 0.1, "pix2pix": 0.15}), [quality])
+    text = (tmp_path / "report.html").read_text()
+    sources = re.findall(r"""src\s*=\s*["']([^"']*)["']""", text)
+    assert len(sources) == 3  # Dice vs budget, validation curves, the generator's grid
+    assert all(s.startswith("data:image/png;base64,") for s in sources)  # no file paths
+    for s in sources:
+        with Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+    assert len(re.findall(r"<img\b", text)) == 3
+    # The PNGs are still written beside it, and report.md links them.
+    assert "](plots/segment_dice_vs_budget.png)" in md.read_text()
+    assert (tmp_path / "plots" / "segment_dice_vs_budget.png").exists()
+
+
+def test_metric_axes_stay_in_0_1_and_budgets_are_integers(tmp_path):
+    from collections import defaultdict
+
+    from downstream.report import _curve, _val_curves
+
+    # Means near 0 with a large sd: the error bars would reach below 0.
+    by = defaultdict(list)
+    for b in (2, 4, 8):
+        by[("none", b)] = [(0, {"dice": 0.02}), (1, {"dice": 0.3})]
+        by[("pix2pix", b)] = [(0, {"dice": 0.0}), (1, {"dice": 0.0})]
+    fig = _curve(tmp_path / "c.png", ["none", "pix2pix"], [2, 4, 8], by, "dice", "Dice", ceiling=(14, 0.7))
+    (ax,) = fig.axes
+    assert ax.get_ylim() == (0.0, 1.05)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "4", "8"]
+    lo, hi = ax.get_xlim()
+    assert lo < 2 and hi > 8
+    rows = [{"strategy": "none", "budget": 2, "seed": 0, "val_curve": [[1, 0.0]]},
+            {"strategy": "pix2pix", "budget": 2, "seed": 0, "val_curve": [[1, 0.1]]}]
+    fig = _val_curves(tmp_path / "v.png", rows, "mAP50", "mAP@0.5")
+    (ax,) = fig.axes
+    assert ax.get_ylim() == (0.0, 1.05)
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)  # steps, never 0.975
+    # A metric that is not a fraction keeps its own top.
+    by = {("none", 2): [(0, {"hd95": 12.0})]}
+    (ax,) = _curve(tmp_path / "h.png", ["none"], [2], by, "hd95", "HD95").axes
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] > 12

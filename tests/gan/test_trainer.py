@@ -433,6 +433,26 @@ def test_grid_png_shows_real_and_synthetic(tmp_path):
         assert im.size[0] > im.size[1] > 0  # 3 columns, 2 rows
 
 
+def test_grid_names_the_datasets_classes_and_states_its_window(tmp_path, monkeypatch):
+    import augment.viz as viz
+
+    figures = []
+    write = viz.save_figure
+    monkeypatch.setattr(
+        viz, "save_figure", lambda fig, path: figures.append(fig) or write(fig, path)
+    )
+    info = {"kind": "head-ich", "classes": {"1": "IPH", "2": "IVH"}}  # as dataset.json has them
+    train(tiny(), tiny_slices(), None, cfg(tmp_path, 1, grid_n=3, grid_every=1), data_info=info)
+    legend = [t.get_text() for lg in figures[-1].legends for t in lg.get_texts()]
+    assert legend == ["IPH"]  # the tiny slices hold class 1 only
+    assert [t.get_text() for t in figures[-1].texts] == ["window: brain (C 40 / W 80 HU)"]
+    # A dataset without class names: the id, and the model's own window by its numbers.
+    figures.clear()
+    train(tiny(), tiny_slices(), None, cfg(tmp_path / "b", 1, grid_n=3, grid_every=1))
+    assert [t.get_text() for lg in figures[-1].legends for t in lg.get_texts()] == ["class 1"]
+    assert [t.get_text() for t in figures[-1].texts] == ["window: head-model (C 40 / W 200 HU)"]
+
+
 def test_run_training_from_folder_uses_dataset_kind_and_yaml(tmp_path, registered):
     from gan.trainer import run_training
 
