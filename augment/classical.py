@@ -14,9 +14,9 @@ here HU floats stay float32 and are never clipped unless the ``clip`` op asks fo
 When the mask has lesions, boxes are re-derived from the transformed mask; boxes of a
 slice without a mask (box-only labels) are moved by albumentations.
 
-Pipelines are built from specs (`build_augmenter`): a name from `PIPELINES` or
-``configs/augment.yaml``, a YAML file, or a dict/list of ``{"op": name, "p": ..., ...}``
-with ``one_of``/``compose`` groups, as in albumentations.
+Pipelines are built from specs (`build_augmenter`): a name from `PIPELINES` or the
+shipped ``augment/pipelines.yaml`` (`DEFAULT_CONFIG`), a YAML file, or a dict/list of
+``{"op": name, "p": ..., ...}`` with ``one_of``/``compose`` groups, as in albumentations.
 
 This module holds the base classes, groups, registry and builders; the ops themselves
 live in `augment.classical_geometry` and `augment.classical_intensity` and register on
@@ -45,7 +45,9 @@ Augmenter = Callable[[Sample, np.random.Generator], Sample]
 
 OPS: dict[str, type[Op]] = {}
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "augment.yaml"
+# Package data (pyproject.toml), so every named pipeline works from an installed wheel too;
+# `lesionforge configs show pipelines` prints it for a user to copy and edit.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "pipelines.yaml"
 AIR_HU = -1000.0
 _SEED_MAX = 2**31 - 1
 
@@ -271,7 +273,7 @@ def build_op(spec: dict[str, Any]) -> Transform:
 
 
 def load_pipelines(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``pipelines:`` mapping (name -> spec) of a YAML file such as configs/augment.yaml."""
+    """The ``pipelines:`` mapping (name -> spec) of a YAML file such as `DEFAULT_CONFIG`."""
     data = _load_yaml(Path(path))
     pipelines = data.get("pipelines") if isinstance(data, dict) else None
     if not isinstance(pipelines, dict):
@@ -289,7 +291,7 @@ def build_augmenter(
     Args:
         spec: one of
             - a pipeline name: built-in (`PIPELINES`: none, light, standard, heavy) or
-              from ``config`` (default ``configs/augment.yaml``);
+              from ``config`` (default `DEFAULT_CONFIG`, ``augment/pipelines.yaml``);
             - a YAML file path holding one pipeline (a mapping with ``ops`` or a list
               of ops), or ``FILE.yaml:NAME`` for one of its ``pipelines:``;
             - a dict ``{"name": ..., "p": ..., "ops": [{"op": "rotate", ...}, ...]}``,
@@ -378,7 +380,7 @@ def _load_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: cannot read ({e})") from None
 
 
-# Built-in pipelines; configs/augment.yaml repeats them (a test keeps the two equal) so
+# Built-in pipelines; augment/pipelines.yaml repeats them (a test keeps the two equal) so
 # users can copy one and edit it. Probabilities follow common 2D CT practice: mild
 # geometry often, intensity changes sometimes.
 PIPELINES: dict[str, dict[str, Any]] = {

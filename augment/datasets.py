@@ -163,7 +163,9 @@ class MixedDataset(Dataset):
         synthetic: a sequence of synthetic samples (e.g. a `SliceDataset` over a
             ``lesionforge synthesize`` folder) or a live generator with
             ``sample(n, *, seed, conditions)`` (a `gan.base.GanModule`), which then
-            generates on the fly using a real sample as host.
+            generates on the fly using a real sample as host (e.g. ``GanModule.load`` of a
+            run, or of a ``lesionforge gan export`` file). Each live item gets its own id,
+            ``syn_s{seed}_e{epoch}_{index:06d}`` (the generator's own is kept as ``model_id``).
         ratio: fraction of items that are synthetic, in [0, 1].
         length: number of items per epoch (default: ``len(real)``, or
             ``len(real) / (1 - ratio)`` so every real slice can appear once).
@@ -215,6 +217,10 @@ class MixedDataset(Dataset):
                 host = self.real[int(rng.integers(len(self.real)))]
                 seed = int(rng.integers(2**31 - 1))
                 s = self.synthetic.sample(1, seed=seed, conditions=[host])[0]
+                # A generator numbers what one call returns (syn_00000 each time); the item is
+                # what is unique and reproducible: (dataset seed, epoch, index).
+                s.meta["model_id"] = s.meta.get("id")
+                s.meta["id"] = f"syn_s{self.seed}_e{self.epoch}_{i:06d}"
             else:
                 s = self.synthetic[int(rng.integers(len(self.synthetic)))].copy()
             s.meta["synthetic"] = True

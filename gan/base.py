@@ -108,6 +108,9 @@ class GanModule(nn.Module):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type]
+    # Top-level submodules that only training needs, beyond the networks of the "D"
+    # optimizer (found by `training_only_keys`), e.g. image pools: `export` leaves them out.
+    training_only: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
@@ -203,6 +206,44 @@ class GanModule(nn.Module):
         write_bytes_atomic(path, data)
         return sha256_bytes(data)
 
+    def training_only_keys(self) -> set[str]:
+        """State-dict keys synthesis never reads: those of the top-level submodules whose
+        parameters the ``"D"`` optimizer trains (the discriminators) or that
+        `training_only` names."""
+        d_opt = self.optimizers.get("D")
+        d_params = {id(q) for g in (d_opt.param_groups if d_opt else []) for q in g["params"]}
+        dropped = set(self.training_only)
+        for child_name, child in self.named_children():
+            params = list(child.parameters())
+            if params and all(id(q) in d_params for q in params):
+                dropped.add(child_name)
+        return {k for k in self.state_dict() if k.split(".", 1)[0] in dropped}
+
+    def export_checkpoint(self, step: int, source_sha256: str | None = None) -> dict[str, Any]:
+        """A generator-only checkpoint, to share: what `checkpoint` holds but the
+        discriminators (and whatever `training_only` names) and the optimizer state.
+
+        It keeps the model config, the training data's fingerprint (``data``) and the
+        versions, loads with `GanModule.load` / `read_checkpoint` like a full checkpoint,
+        and records what it left out under ``export``.
+        """
+        left_out = self.training_only_keys()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.name,
+            "config": to_jsonable(dataclasses.asdict(self.cfg)),
+            "state_dict": {
+                k: v.detach().cpu().clone() for k, v in self.state_dict().items() if k not in left_out
+            },
+            "step": step,
+            "data": to_jsonable(self.data_info),
+            "versions": versions(),
+            "export": {
+                "source_sha256": source_sha256,
+                "left_out": sorted({k.split(".", 1)[0] for k in left_out}),
+            },
+        }
+
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> GanModule:
         """Load any registered model's checkpoint (``GanModule.load``) or this class's.
@@ -237,7 +278,17 @@ class GanModule(nn.Module):
             raise CheckpointError(str(e)) from None
         module = model_cls(cfg)
         try:
-            module.load_state_dict(ckpt["state_dict"])
+            if "export" in ckpt:
+                # A generator-only export: everything but what training alone needs.
+                missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+                needed = sorted(set(missing) - module.training_only_keys())
+                if needed or unexpected:
+                    raise ValueError(
+                        f"missing {', '.join(needed[:3]) or 'nothing'}; "
+                        f"unexpected {', '.join(unexpected[:3]) or 'nothing'}"
+                    )
+            else:
+                module.load_state_dict(ckpt["state_dict"])
             for k, opt in module.optimizers.items():
                 if k in ckpt.get("optimizers", {}):
                     opt.load_state_dict(ckpt["optimizers"][k])
@@ -345,6 +396,7 @@ _CHECKPOINT_FIELDS: dict[str, tuple[Any, str, bool]] = {
     "data": (lambda v: isinstance(v, dict), "a mapping", False),
     "train": (lambda v: isinstance(v, dict), "a mapping", False),
     "rng": (lambda v: isinstance(v, dict), "a mapping", False),
+    "export": (lambda v: isinstance(v, dict), "a mapping", False),
 }
 
 

@@ -65,8 +65,9 @@ def synthesize_dataset(
     """Generate ``n`` labelled synthetic slices into the dataset folder ``out``.
 
     Args:
-        checkpoint: a generator checkpoint (``last.pt``), or its run folder; loaded
-            with ``weights_only``.
+        checkpoint: a generator checkpoint (``last.pt``), its run folder, or a
+            generator-only export (`gan.export.export_generator`); loaded with
+            ``weights_only``.
         n: number of synthetic slices.
         out: the dataset folder to write (refused if it exists, unless ``overwrite``).
         hosts: dataset folder of real slices that receive (DCGAN, pix2pix) or are
@@ -103,6 +104,8 @@ def synthesize_dataset(
     if not host_samples:
         raise DataError(f"{host_dir}: no slices to use as hosts")
     train_step = ckpt["step"]
+    # An export names the full checkpoint it came from, so the dataset traces back to the run.
+    source_sha = ckpt.get("export", {}).get("source_sha256")
     module = GanModule.from_checkpoint(ckpt, checkpoint, device=torch_device)
     del ckpt
     ckpt_sha = file_sha256(checkpoint)
@@ -113,7 +116,10 @@ def synthesize_dataset(
     bar = tqdm(total=n, desc=f"synthesize {module.name}", unit="slice", disable=not progress)
     extra = {
         "generator": module.name,
-        "checkpoint": {"path": str(checkpoint.resolve()), "sha256": ckpt_sha, "step": train_step},
+        "checkpoint": {
+            "path": str(checkpoint.resolve()), "sha256": ckpt_sha, "step": train_step,
+            **({"exported_from_sha256": source_sha} if source_sha else {}),
+        },
         "model_config": model_config,
         "hosts": str(host_dir.resolve()),
         "n": n,
