@@ -68,10 +68,44 @@ def cmd_data_info(a: argparse.Namespace) -> None:
 
 
 def cmd_data_export(a: argparse.Namespace) -> None:
-    from augment.io import export_boxes
+    from augment.errors import ConfigError
 
-    path = export_boxes(a.dir, a.format)
-    print(f"wrote {a.format.upper()} boxes: {path}")
+    volumes = a.format in ("nnunet", "nifti")
+    unused = [
+        option
+        for option, given, applies in (
+            ("--out", a.out is not None, volumes),
+            ("--restack", a.restack, volumes),
+            ("--overwrite", a.overwrite, volumes),
+            ("--dataset-id", a.dataset_id is not None, a.format == "nnunet"),
+            ("--name", a.name is not None, a.format == "nnunet"),
+            ("--window", a.window is not None, a.format == "coco"),
+        )
+        if given and not applies
+    ]
+    if unused:
+        raise ConfigError(f"data export --format {a.format}: {unused[0]} does not apply")
+    if not volumes:
+        if len(a.dirs) != 1:
+            raise ConfigError(f"data export --format {a.format}: one dataset folder at a time")
+        from augment.io import export_boxes
+
+        path = export_boxes(a.dirs[0], a.format, window=a.window)
+        what = "COCO instance masks + PNGs" if a.format == "coco" else "VOC boxes"
+        print(f"wrote {what}: {path}")
+        return
+    if a.out is None:
+        raise ConfigError(f"data export --format {a.format}: give --out")
+    from augment.export_nnunet import export_nifti, export_nnunet
+
+    common = {"restack": a.restack, "overwrite": a.overwrite, "progress": sys.stderr.isatty()}
+    if a.format == "nnunet":
+        dataset_id = 501 if a.dataset_id is None else a.dataset_id
+        name = "Lesion" if a.name is None else a.name
+        path = export_nnunet(a.dirs, a.out, dataset_id=dataset_id, name=name, **common)
+    else:
+        path = export_nifti(a.dirs, a.out, **common)
+    print(f"wrote {a.format} dataset: {path}")
 
 
 def cmd_augment_preview(a: argparse.Namespace) -> None:
@@ -97,10 +131,6 @@ def cmd_augment_preview(a: argparse.Namespace) -> None:
     print(f"wrote augmentation preview: {path}")
 
 
-# The papers' batch sizes where they fit a CPU (DCGAN used 128; pix2pix and CycleGAN 1).
-DEFAULT_BATCH = {"dcgan": 64, "pix2pix": 1, "cyclegan": 1}
-
-
 def cmd_gan_train(a: argparse.Namespace) -> None:
     from augment.errors import ConfigError
 
@@ -109,18 +139,26 @@ def cmd_gan_train(a: argparse.Namespace) -> None:
                                ("--seed", a.seed, 0)):
         if value is not None and value < low:
             raise ConfigError(f"{option} must be >= {low}, got {value}")
+    from gan.base import get_generator, resolve_device
+    from gan.presets import preset_text
     from gan.trainer import run_training
 
+    preset_name = a.preset
+    if preset_name == "auto":
+        preset_name = "paper" if resolve_device(a.device).type == "cuda" else "cpu"
+    preset = get_generator(a.model).presets[preset_name]
+    log.info("gan train %s: preset %s (%s)", a.model, preset_name, preset_text(preset))
     result = run_training(
         a.model,
         a.data,
         a.data_b,
         a.out,
-        steps=a.steps,
-        batch_size=a.batch_size if a.batch_size is not None else DEFAULT_BATCH[a.model],
+        steps=a.steps if a.steps is not None else preset["steps"],
+        batch_size=a.batch_size if a.batch_size is not None else preset["batch_size"],
         seed=a.seed,
         device=a.device,
         config_file=a.config,
+        base_config=preset["config"],
         progress=True,
         resume=a.resume,
         wandb=a.wandb,
@@ -266,8 +304,31 @@ def _output_file(text: str) -> Path:
     return path
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in ``--help`` (unless its help already says it, or there is
+    none to show), and epilogs printed as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or not action.option_strings
+            or action.default is None
+            or action.default is False
+            or action.default is argparse.SUPPRESS
+            or isinstance(action, argparse._HelpAction)
+        ):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line, like every other lesionforge error."""
+    """argparse with its errors on one line, like every other lesionforge error, and
+    every default shown in ``--help``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -297,46 +358,66 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_command", required=True, metavar="SUBCOMMAND"
     )
     ph = data.add_parser("phantom", parents=[common], help="write an embedded CT phantom dataset")
-    ph.add_argument("--kind", default="head-ich", choices=["head-ich", "liver"])
+    ph.add_argument("--kind", default="head-ich", choices=["head-ich", "liver"], help="anatomy and lesions")
     ph.add_argument("--n", type=int, default=500, help="number of slices (default: %(default)s)")
     ph.add_argument("--size", type=int, default=128, help="slice size in pixels (default: %(default)s)")
     ph.add_argument("--domain", default="A", help="scanner/protocol domain (A, B)")
-    ph.add_argument("--out", type=Path, required=True)
-    ph.add_argument("--overwrite", action="store_true")
+    ph.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    ph.add_argument("--overwrite", action="store_true", help="replace --out if lesionforge wrote it")
     ph.set_defaults(func=cmd_data_phantom)
 
     im = data.add_parser("import", parents=[common], help="import NIfTI/DICOM/PNG/NPY scans into a dataset folder")
     im.add_argument("src", type=Path, help="folder (or file) with the scans")
-    im.add_argument("--out", type=Path, required=True)
-    im.add_argument("--format", default="auto", choices=["auto", "nifti", "dicom", "png", "npy"])
+    im.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    im.add_argument("--format", default="auto", choices=["auto", "nifti", "dicom", "png", "npy"],
+                    help="input format (auto: detected from the files)")
     im.add_argument(
         "--lesion-labels",
         help="label values kept as lesion: '2' (label 2 -> class 1), '1,2' (each its own class) "
         "or '2:1,3:2' (source:class); default: every non-zero label is its own class",
     )
-    im.add_argument("--slices", default="all", choices=["all", "lesion", "nonempty"])
+    im.add_argument("--slices", default="all", choices=["all", "lesion", "nonempty"],
+                    help="slices kept: all, those with a lesion, or those with any label (e.g. the liver)")
     im.add_argument("--size", type=_positive_int, help="resample slices to SIZE x SIZE pixels")
     im.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"), help="window the PNGs were exported with")
     im.add_argument("--mask-dir", type=Path, help="masks for DICOM/PNG/NPY input")
     im.add_argument("--anatomy", choices=["head-ich", "liver"],
                     help="what the scans show; the generators place lesions by it (brain / liver)")
-    im.add_argument("--overwrite", action="store_true")
+    im.add_argument("--overwrite", action="store_true", help="replace --out if lesionforge wrote it")
     im.add_argument("--strict", action="store_true",
                     help="fail instead of warning on HU outside [-2000, 4000], constant slices, a "
                     "--lesion-labels value found in no mask, DICOM without rescale tags")
     im.set_defaults(func=cmd_data_import)
 
     info = data.add_parser("info", parents=[common], help="counts, patients, lesion sizes, HU per class")
-    info.add_argument("dir", type=Path)
+    info.add_argument("dir", type=Path, help="dataset folder")
     info.add_argument("--verify", action="store_true",
                       help="check every file against the sha256 in the manifest")
     info.add_argument("--strict", action="store_true",
                       help="fail instead of warning on HU outside [-2000, 4000] or constant images")
     info.set_defaults(func=cmd_data_info)
 
-    ex = data.add_parser("export", parents=[common], help="write PASCAL VOC XML or COCO JSON boxes")
-    ex.add_argument("dir", type=Path)
-    ex.add_argument("--format", required=True, choices=["voc", "coco"])
+    ex = data.add_parser(
+        "export", parents=[common],
+        help="VOC boxes, COCO instance masks + PNGs, an nnU-Net v2 raw dataset, or MONAI NIfTI",
+    )  # fmt: skip
+    ex.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
+                    help="dataset folder; nnunet/nifti take several (e.g. REAL SYNTHETIC)")
+    ex.add_argument("--format", required=True, choices=["voc", "coco", "nnunet", "nifti"],
+                    help="voc/coco: written into DIR (voc/, annotations_coco.json + coco/images/); "
+                    "nnunet: OUT/DatasetXXX_NAME; nifti: OUT with MONAI's datalist.json")
+    ex.add_argument("--out", type=Path,
+                    help="nnunet: the nnUNet_raw folder; nifti: the folder to write")
+    ex.add_argument("--window", help="coco: window of the 8-bit PNGs, a name (brain, liver, ...) or "
+                    "CENTER,WIDTH in HU (default: the display window of the dataset's anatomy)")
+    ex.add_argument("--restack", action="store_true",
+                    help="nnunet/nifti: one volume per patient, slices sorted by slice index "
+                    "(default: one 2D case per slice)")
+    ex.add_argument("--dataset-id", type=_positive_int, metavar="ID",
+                    help="nnunet: dataset id 1..999 (default: 501)")
+    ex.add_argument("--name", help="nnunet: dataset name (default: Lesion)")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="nnunet/nifti: replace an earlier export (only one lesionforge wrote)")
     ex.set_defaults(func=cmd_data_export)
 
     # augment
@@ -344,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="augment_command", required=True, metavar="SUBCOMMAND"
     )
     pv = aug.add_parser("preview", parents=[common], help="PNG grid: original vs augmented, mask overlay")
-    pv.add_argument("--data", type=Path, required=True)
+    pv.add_argument("--data", type=Path, required=True, help="dataset folder")
     pv.add_argument("--pipeline", default="standard", help="pipeline name or YAML file")
     pv.add_argument("--n", type=_positive_int, default=4, help="number of slices (default: %(default)s)")
     pv.add_argument("--n-aug", type=_positive_int, default=3, help="augmented versions per slice (default: %(default)s)")
@@ -356,13 +437,18 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gan", help="train and evaluate generators").add_subparsers(
         dest="gan_command", required=True, metavar="SUBCOMMAND"
     )
-    tr = g.add_parser("train", parents=[common, device], help="train dcgan, pix2pix or cyclegan")
-    tr.add_argument("model", choices=["dcgan", "pix2pix", "cyclegan"])
+    from gan.presets import PRESETS, presets_help
+
+    tr = g.add_parser("train", parents=[common, device], help="train dcgan, pix2pix or cyclegan",
+                      epilog=presets_help())
+    tr.add_argument("model", choices=list(PRESETS))
+    tr.add_argument("--preset", choices=["auto", "cpu", "paper"], default="auto",
+                    help="training size: steps, batch and network widths (below)")
     tr.add_argument("--data", type=Path, required=True, help="training dataset folder (domain A for CycleGAN)")
     tr.add_argument("--data-b", type=Path, help="domain B dataset folder (CycleGAN)")
-    tr.add_argument("--steps", type=int, default=1000,
-                    help="total optimisation steps, >= 1; with --resume, train on up to this many (default: %(default)s)")
-    tr.add_argument("--batch-size", type=int, help="default: dcgan 64, pix2pix 1, cyclegan 1")
+    tr.add_argument("--steps", type=int,
+                    help="total optimisation steps, >= 1; with --resume, train on up to this many (default: the preset's)")
+    tr.add_argument("--batch-size", type=int, help="(default: the preset's)")
     tr.add_argument("--out", type=Path, required=True,
                     help="run folder: new, or one of an earlier run with --resume (a run is never replaced: "
                     "choose another --out to start over)")
@@ -412,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=cmd_compare)
 
     dm = sub.add_parser("demo", parents=[common, device], help="the quick end-to-end run on the head-ICH phantom")
-    dm.add_argument("--out", type=Path, default=Path("out/demo"))
+    dm.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     dm.set_defaults(func=cmd_demo)
 
     cf = sub.add_parser("configs", help="the shipped experiment configs and pipelines").add_subparsers(

@@ -111,6 +111,10 @@ class GanModule(nn.Module):
     # Top-level submodules that only training needs, beyond the networks of the "D"
     # optimizer (found by `training_only_keys`), e.g. image pools: `export` leaves them out.
     training_only: ClassVar[tuple[str, ...]] = ()
+    # Named training sizes for `gan train --preset`: ``{"steps", "batch_size", "config"}``.
+    # "paper": the paper's architecture and batch size (the Config defaults); "cpu": sized
+    # to finish in minutes on a 2-core CPU (the demo's settings, measured there).
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()

@@ -34,6 +34,7 @@ from augment.window import Window
 from gan.base import GanModule, register_generator
 from gan.networks.patchgan import NLayerDiscriminator
 from gan.networks.resnet import N_DOWNSAMPLING, ResnetGenerator, init_normal_
+from gan.presets import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ class CycleGAN(GanModule):
     """
 
     Config = CycleGANConfig
+    presets = PRESETS["cyclegan"]
 
     def __init__(self, cfg: CycleGANConfig | None = None) -> None:
         cfg = cfg if cfg is not None else CycleGANConfig()

@@ -37,6 +37,7 @@ from augment.window import Window
 from gan.base import GanModule, register_generator
 from gan.networks.dcgan import DCGANDiscriminator, DCGANGenerator, n_resolution_steps
 from gan.paste import clean_mask, feather_alpha, feather_reach, find_placement, paste
+from gan.presets import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,7 @@ class DCGAN(GanModule):
     """DCGAN on lesion ROIs (image + mask), pasted into host slices to make labelled data."""
 
     Config = DCGANConfig
+    presets = PRESETS["dcgan"]
 
     def __init__(self, cfg: DCGANConfig) -> None:
         super().__init__(cfg)

@@ -52,6 +52,7 @@ from gan.networks.patchgan import NORMS, NLayerDiscriminator
 from gan.networks.resnet import init_normal_
 from gan.networks.unet import MIN_DOWNS, UnetGenerator
 from gan.pix2pix_masks import MaskBank, build_bank, condition, erase, place_lesions
+from gan.presets import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,7 @@ class Pix2Pix(GanModule):
     """
 
     Config = Pix2PixConfig
+    presets = PRESETS["pix2pix"]
 
     def __init__(self, cfg: Pix2PixConfig | None = None) -> None:
         cfg = cfg if cfg is not None else Pix2PixConfig()

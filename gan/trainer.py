@@ -539,14 +539,16 @@ def run_training(
     device: str = "auto",
     model_config: dict[str, Any] | None = None,
     config_file: str | os.PathLike | None = None,
+    base_config: dict[str, Any] | None = None,
     **train_options: Any,
 ) -> dict[str, Any]:
     """Train generator ``model`` on dataset folders: what ``lesionforge train`` calls.
 
-    Model options come from ``config_file`` (YAML, see `load_model_config`), then
-    ``model_config`` on top; ``anatomy``, ``window`` and ``n_classes`` default to what
-    the dataset says (kind and classes in its ``dataset.json``). ``train_options`` are
-    further `TrainConfig` fields (``resume``, ``ckpt_every``, ``wandb``...).
+    Model options: ``base_config`` (a preset's, `GanModule.presets`), then
+    ``config_file`` (YAML, see `load_model_config`), then ``model_config`` on top;
+    ``anatomy``, ``window`` and ``n_classes`` default to what the dataset says (kind and
+    classes in its ``dataset.json``). ``train_options`` are further `TrainConfig` fields
+    (``resume``, ``ckpt_every``, ``wandb``...).
     """
     # Everything that can be checked without the data first: options, device, run folder.
     cls = get_generator(model)
@@ -557,7 +559,8 @@ def run_training(
     )
     resolve_device(cfg.device)
     source = str(config_file) if config_file is not None else None
-    user_values = load_model_config(config_file, model) if config_file is not None else {}
+    user_values = dict(base_config or {})
+    user_values.update(load_model_config(config_file, model) if config_file is not None else {})
     user_values.update(model_config or {})
     check_fields(cls.Config, user_values, source=source)
     check_run_folder(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)

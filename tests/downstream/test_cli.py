@@ -78,3 +78,31 @@ def test_threads_option_sets_torch_threads_and_rejects_nonsense(tmp_path, capsys
     with pytest.raises(SystemExit):
         main(["demo", "--threads", "0"])
     assert "positive integer" in capsys.readouterr().err
+
+
+def test_cpu_preset_sizes_the_run_and_config_overrides_it(trained):
+    import torch
+
+    from gan.presets import PRESETS
+
+    root, data, _, _ = trained
+    config = root / "narrow.yaml"
+    config.write_text("pix2pix: {ndf: 4, n_layers_d: 2}\n")
+    run = root / "preset_run"
+    # No --steps/--batch-size: the cpu preset's (auto on a CPU); --config wins over it.
+    assert main(["gan", "train", "pix2pix", "--data", str(data), "--out", str(run), "--config", str(config),
+                 "--device", "cpu", "--preset", "cpu", "--steps", "1"]) == 0
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    cpu = PRESETS["pix2pix"]["cpu"]
+    assert ckpt["config"]["ngf"] == cpu["config"]["ngf"]  # from the preset
+    assert ckpt["config"]["ndf"] == 4  # from --config
+    assert ckpt["train"]["batch_size"] == cpu["batch_size"]
+
+
+def test_help_shows_defaults_and_the_presets(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["gan", "train", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "(default: auto)" in out and "(default: 500)" in out
+    assert "dcgan cpu: 400 steps, batch 16" in out and "dcgan paper: 1000 steps, batch 64" in out
