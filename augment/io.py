@@ -314,6 +314,15 @@ def _class_names(label_map: LabelMap, seen: list[int], names: dict[int, str]) ->
     return {c: "+".join(names.get(s, f"label_{s}") for s in label_map.sources(c)) for c in classes}
 
 
+def _without_ignore(label_map: LabelMap, names: dict[int, str], src: Path) -> LabelMap:
+    """nnU-Net's "ignore" label marks unannotated pixels, not a lesion class: background."""
+    ignore = [v for v, name in names.items() if name == "ignore"]
+    if not ignore:
+        return label_map
+    log.warning("%s: nnU-Net 'ignore' label %d imported as background", src, ignore[0])
+    return LabelMap({v: (0 if v in ignore else v) for v in names if v}, strict=True)
+
+
 # ---------------------------------------------------------------------------- entry
 
 
@@ -342,7 +351,9 @@ def import_dataset(
     Args:
         src: folder with NIfTI volumes (layouts: PhysioNet CT-ICH ``ct_scans/`` +
             ``masks/``; ``*_ct.nii.gz`` + ``*_label.nii.gz``; Decathlon ``imagesTr/`` +
-            ``labelsTr/``; LiTS ``volume-N`` + ``segmentation-N``), DICOM series, or
+            ``labelsTr/``; nnU-Net raw ``imagesTr/CASE_0000.nii.gz`` + ``labelsTr/CASE.nii.gz``
+            with its ``dataset.json`` label names (``imagesTs/`` has no labels: not
+            imported); LiTS ``volume-N`` + ``segmentation-N``), DICOM series, or
             PNG/NPY slices (``images/`` with optional sibling ``masks/``).
         out: the dataset folder to create (written atomically, kind ``"import"``).
         fmt: ``"auto"`` (detect), ``"nifti"``, ``"dicom"``, ``"png"`` or ``"npy"``.
@@ -401,6 +412,8 @@ def import_dataset(
     masks = Path(mask_dir) if mask_dir is not None else None
     if resolved == "nifti":
         layout, cases = nifti_cases(src, masks)
+        if layout == "nnunet" and label_map.table is None:
+            label_map = _without_ignore(label_map, msd_label_names(src), src)
     elif resolved == "dicom":
         layout, cases = dicom_cases(src, masks)
     else:
@@ -467,7 +480,7 @@ def import_dataset(
             )
         if not writer.records:
             raise DataError(f"{src}: no slices selected (slices={slices!r})")
-        names = msd_label_names(src) if layout == "msd" else {}
+        names = msd_label_names(src) if layout in ("msd", "nnunet") else {}
         writer.classes = _class_names(label_map, sorted(seen), names)
         # One spacing for the whole dataset only when every slice shares it.
         only = next(iter(spacings)) if len(spacings) == 1 else ()

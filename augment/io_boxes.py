@@ -9,6 +9,12 @@ Box conventions (the easy place to be off by one):
 Class ids are the mask values (1..255). COCO stores them directly as ``category_id``;
 VOC stores class *names*, so writing and reading VOC needs the id -> name table
 (``dataset.json`` "classes").
+
+A COCO export is an instance-segmentation set: 8-bit PNG slices windowed with a stated
+window (in the JSON's ``info`` and in every image entry) under ``coco/images/``, one
+annotation per 8-connected component of each class (the rule that derives boxes) with
+its mask as compressed RLE (the string ``pycocotools.mask.encode`` gives), its pixel
+count as ``area`` and its box.
 """
 
 from __future__ import annotations
@@ -17,19 +23,33 @@ import json
 import os
 import shutil
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from scipy import ndimage
 
 from augment.errors import ConfigError, DataError
-from augment.sample import Sample, load_sample, read_dataset, write_bytes_atomic
+from augment.sample import (
+    DATASET_JSON,
+    Sample,
+    load_sample,
+    read_dataset,
+    remove_stale_staging,
+    staging_name,
+    write_bytes_atomic,
+)
+from augment.window import DISPLAY_WINDOW, WINDOWS, Window, get_window
 
 ClassNames = Mapping[int, str] | Mapping[str, str] | Sequence[str]
+WindowSpec = str | Window | tuple[float, float] | Mapping[str, float]
 
 VOC_DIR = "voc"
 COCO_FILE = "annotations_coco.json"
+COCO_DIR = "coco"  # beside COCO_FILE; its images/ are the file_names' folder
+COCO_IMAGES = f"{COCO_DIR}/images"
 
 
 def class_table(class_names: ClassNames | None) -> dict[int, str]:
@@ -185,9 +205,89 @@ def read_voc(
 # ----------------------------------------------------------------------------- COCO
 
 
-def coco_dict(samples: Iterable[Sample], class_names: ClassNames | None = None) -> dict[str, Any]:
-    """COCO detection annotations of ``samples`` (see `write_coco`)."""
+def parse_window(spec: WindowSpec) -> tuple[Window, str | None]:
+    """``(window, name)`` from a name (``"brain"``), ``"CENTER,WIDTH"`` or a `get_window` spec."""
+    if isinstance(spec, str) and "," in spec:
+        try:
+            center, width = (float(v) for v in spec.split(","))
+        except ValueError:
+            raise ConfigError(f"window {spec!r}: use a name or CENTER,WIDTH in HU") from None
+        return Window(center, width), None
+    return get_window(spec), spec if isinstance(spec, str) else None
+
+
+def dataset_anatomy(info: Mapping[str, Any], depth: int = 1) -> str | None:
+    """``head-ich``/``liver`` from a ``dataset.json``; a synthetic set asks its hosts."""
+    config = info.get("config") or {}
+    model = info.get("model_config") or {}
+    for kind in (info.get("kind"), config.get("kind"), info.get("anatomy"), model.get("anatomy")):
+        if kind in DISPLAY_WINDOW:
+            return kind
+    hosts = info.get("hosts")
+    if depth and isinstance(hosts, str):
+        try:
+            return dataset_anatomy(json.loads((Path(hosts) / DATASET_JSON).read_text()), depth - 1)
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def rle_encode(mask: np.ndarray) -> dict[str, Any]:
+    """COCO compressed RLE of a binary (H, W) mask: ``{"size": [H, W], "counts": str}``.
+
+    Byte for byte what ``pycocotools.mask.encode`` gives (column-major runs, first run
+    of zeros, LEB128-like characters), without needing pycocotools to write it.
+    """
+    height, width = mask.shape
+    flat = np.asarray(mask, bool).ravel(order="F")
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    counts = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist() if flat.size else []
+    if flat.size and flat[0]:
+        counts.insert(0, 0)
+    chars = []
+    for i, count in enumerate(counts):
+        x = count - counts[i - 2] if i > 2 else count
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            chars.append(chr((c | 0x20 if more else c) + 48))
+    return {"size": [int(height), int(width)], "counts": "".join(chars)}
+
+
+def instances(mask: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """``(class, boolean mask)`` per 8-connected component of each class, in box order."""
+    found = []
+    for cls in np.unique(mask):
+        if cls == 0:
+            continue
+        components, n = ndimage.label(mask == cls, structure=np.ones((3, 3), bool))
+        found.extend((int(cls), components == k) for k in range(1, n + 1))
+    return found
+
+
+def png_slice(image_hu: np.ndarray, window: Window) -> bytes:
+    """An 8-bit greyscale PNG of a HU slice: ``round(255 * (HU - low) / width)``, clipped."""
+    import io
+
+    values = np.round(window.to_unit(np.asarray(image_hu, np.float64)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(values, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def coco_dict(
+    samples: Iterable[Sample],
+    class_names: ClassNames | None = None,
+    *,
+    window: WindowSpec,
+    image_dir: str = COCO_IMAGES,
+) -> dict[str, Any]:
+    """COCO instance annotations of ``samples`` (see `write_coco`); writes no file."""
     table = class_table(class_names)
+    win, win_name = parse_window(window)
+    stated = {**win.as_dict(), **({"name": win_name} if win_name else {})}
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     used: set[int] = set()
@@ -196,55 +296,112 @@ def coco_dict(samples: Iterable[Sample], class_names: ClassNames | None = None) 
         images.append(
             {
                 "id": image_id,
-                "file_name": f"img/{sample.id}.npy",
+                "file_name": f"{image_dir}/{sample.id}.png",
                 "width": int(width),
                 "height": int(height),
                 "sample_id": sample.id,
                 "patient_id": sample.patient_id,
+                "synthetic": bool(sample.meta.get("synthetic", False)),
+                "window": stated,
             }
         )
-        for (x1, y1, x2, y2), label in zip(
-            sample.boxes.tolist(), sample.labels.tolist(), strict=True
-        ):
-            w, h = x2 - x1, y2 - y1
+        for label, component in instances(sample.mask):
+            rows, cols = ndimage.find_objects(component.astype(np.uint8))[0]
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
-                    "category_id": int(label),
-                    "bbox": [x1, y1, w, h],
-                    # Box area: masks live in mask/, not as COCO polygons.
-                    "area": w * h,
+                    "category_id": label,
+                    "segmentation": rle_encode(component),
+                    "area": int(component.sum()),
+                    "bbox": [
+                        float(cols.start), float(rows.start),
+                        float(cols.stop - cols.start), float(rows.stop - rows.start),
+                    ],  # fmt: skip
                     "iscrowd": 0,
                 }
             )
-            used.add(int(label))
+            used.add(label)
     categories = [
         {"id": k, "name": _name(table, k), "supercategory": "lesion"}
         for k in sorted(set(table) | used)
     ]
     return {
-        "info": {"description": "lesionforge boxes", "version": "1.0"},
+        "info": {
+            "description": "lesionforge export: CT slices as 8-bit PNG, lesion instance masks",
+            "version": "1.0",
+            "window": stated,
+            "png_to_hu": f"HU = {win.low:g} + value / 255 * {win.width:g} (clipped outside)",
+        },
+        "licenses": [],
         "images": images,
         "annotations": annotations,
         "categories": categories,
     }
 
 
-def write_coco(
-    path: str | os.PathLike, samples: Iterable[Sample], class_names: ClassNames | None = None
-) -> Path:
-    """Write the boxes of ``samples`` as one COCO JSON file (atomically).
+def _is_coco_images(folder: Path) -> bool:
+    """A ``coco/`` folder as lesionforge writes it: only ``images/*.png`` inside."""
+    entries = list(folder.iterdir())
+    if [e.name for e in entries] != ["images"] or not entries[0].is_dir():
+        return not entries
+    return all(p.suffix == ".png" and p.is_file() for p in entries[0].iterdir())
 
-    Images get ids 1..n in order and ``file_name = "img/<id>.npy"`` (the dataset folder
-    layout); ``category_id`` is the class id; ``bbox = [x1, y1, x2 - x1, y2 - y1]``.
+
+def write_coco(
+    path: str | os.PathLike,
+    samples: Iterable[Sample],
+    class_names: ClassNames | None = None,
+    *,
+    window: WindowSpec,
+) -> Path:
+    """Write ``samples`` as a COCO instance-segmentation set beside ``path``.
+
+    The PNGs go to ``coco/images/<id>.png`` next to ``path`` (staged, then renamed over
+    an earlier export; a ``coco/`` folder holding anything else is refused), then the
+    JSON, atomically. Images get ids 1..n in order; ``category_id`` is the class id;
+    ``bbox = [x1, y1, x2 - x1, y2 - y1]`` (pixel edges); ``segmentation`` compressed RLE.
+
+    Args:
+        path: the JSON file to write.
+        samples: HU slices with masks.
+        class_names: ``{class id: name}`` or names of classes 1..n.
+        window: the PNGs' window: a name (``"brain"``), ``"CENTER,WIDTH"``, ``(c, w)``.
 
     Returns:
         ``path``.
     """
     path = Path(path)
-    text = json.dumps(coco_dict(samples, class_names), indent=1, sort_keys=True) + "\n"
-    write_bytes_atomic(path, text.encode())
+    images_dir = path.parent / COCO_DIR
+    if images_dir.exists() and (not images_dir.is_dir() or not _is_coco_images(images_dir)):
+        raise DataError(
+            f"{images_dir}: holds files lesionforge did not write; move them to export COCO here"
+        )
+    win, _ = parse_window(window)
+    remove_stale_staging(images_dir)
+    staging = staging_name(images_dir, "partial")
+    old = staging_name(images_dir, "old")
+    shutil.rmtree(staging, ignore_errors=True)
+
+    def saved(samples: Iterable[Sample]) -> Iterator[Sample]:  # one slice in memory at a time
+        for sample in samples:
+            (staging / "images" / f"{sample.id}.png").write_bytes(png_slice(sample.image, win))
+            yield sample
+
+    try:
+        (staging / "images").mkdir(parents=True)
+        coco = coco_dict(saved(samples), class_names, window=window)
+        text = json.dumps(coco, indent=1, sort_keys=True)
+        # The JSON names the images: drop the old one first, so a crash between the two
+        # renames leaves no annotations rather than annotations of other images.
+        path.unlink(missing_ok=True)
+        if images_dir.exists():
+            os.replace(images_dir, old)
+        os.replace(staging, images_dir)
+        write_bytes_atomic(path, (text + "\n").encode())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return path
 
 
@@ -299,28 +456,45 @@ def read_coco(path: str | os.PathLike) -> dict[str | int, tuple[np.ndarray, np.n
 # --------------------------------------------------------------------------- export
 
 
-def export_boxes(folder: str | os.PathLike, fmt: str) -> Path:
-    """Write the boxes of a dataset folder as ``voc/<id>.xml`` or ``annotations_coco.json``.
+def export_boxes(
+    folder: str | os.PathLike, fmt: str, *, window: WindowSpec | None = None
+) -> Path:
+    """Write a dataset folder's labels as ``voc/<id>.xml`` or a COCO set (`write_coco`).
 
-    Class names come from ``dataset.json`` ("classes"). The VOC folder is staged under
-    a hidden name and renamed into place (replacing an older export), so it is never
+    Class names come from ``dataset.json`` ("classes"). Outputs are staged under a
+    hidden name and renamed into place (replacing an older export), so they are never
     half-written.
 
     Args:
         folder: an existing dataset folder.
         fmt: ``"voc"`` or ``"coco"``.
+        window: COCO: the PNGs' window (name or ``"CENTER,WIDTH"``); default the
+            display window of the dataset's anatomy (brain 40/80, liver 60/150).
 
     Returns:
-        The folder (VOC) or file (COCO) written.
+        The folder (VOC) or the JSON file (COCO: ``annotations_coco.json``, images in
+        ``coco/images/``) written.
     """
     folder = Path(folder)
     if fmt not in ("voc", "coco"):
         raise ConfigError(f"unknown box format {fmt!r}; use 'voc' or 'coco'")
+    if window is not None and fmt != "coco":
+        raise ConfigError("a window is for COCO's PNG images; VOC stores no image")
+    if window is not None:
+        parse_window(window)  # a bad window fails before any file is read
     info, records = read_dataset(folder)
     names = class_table(info.get("classes") or {})
     samples = (load_sample(folder, r) for r in records)
     if fmt == "coco":
-        return write_coco(folder / COCO_FILE, samples, names)
+        if window is None:
+            kind = dataset_anatomy(info)
+            if kind is None:
+                raise ConfigError(
+                    f"{folder}: the dataset records no anatomy to take the PNG window from; "
+                    f"give one (--window NAME or CENTER,WIDTH; names: {', '.join(sorted(WINDOWS))})"
+                )
+            window = DISPLAY_WINDOW[kind]
+        return write_coco(folder / COCO_FILE, samples, names, window=window)
     target = folder / VOC_DIR
     staging = folder / f".{VOC_DIR}.partial-{os.getpid()}"
     old = folder / f".{VOC_DIR}.old-{os.getpid()}"

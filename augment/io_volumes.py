@@ -225,7 +225,12 @@ def nifti_cases(src: Path, mask_dir: Path | None) -> tuple[str, list[Case]]:
     ):
         if (src / img_sub).is_dir() and (src / mask_sub).is_dir():
             expected = f"{src / mask_sub}/{{}}.nii[.gz]"
-            return layout, _pair(nifti(src / img_sub), nifti(src / mask_sub), expected)
+            images, masks = nifti(src / img_sub), nifti(src / mask_sub)
+            if layout == "msd" and is_nnunet(src, images, masks):
+                return "nnunet", nnunet_cases(src, images, masks)
+            patients = _exported_patients(src)
+            cases = _pair(images, masks, expected)
+            return layout, [replace(c, patient=patients.get(c.name)) for c in cases]
     files = [p for _, p in nifti(src, recursive=True)]
 
     def keyed(pattern: str) -> list[tuple[str, Path]]:
@@ -254,16 +259,124 @@ def nifti_cases(src: Path, mask_dir: Path | None) -> tuple[str, list[Case]]:
     raise DataError(f"{src}: no NIfTI files")
 
 
-def msd_label_names(src: Path) -> dict[int, str]:
-    """Label names from a Decathlon ``dataset.json`` ("labels": {"1": "liver", ...})."""
-    path = src / "dataset.json"
+def read_dataset_json(src: Path, name: str = "dataset.json") -> dict[str, Any]:
+    """A Decathlon / nnU-Net ``dataset.json`` (or MONAI ``datalist.json``) beside the data; {} if none."""
+    path = src / name
     if not path.is_file():
         return {}
     try:
-        labels = json.loads(path.read_text()).get("labels", {})
-        return {int(k): str(v) for k, v in labels.items()}
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, ValueError) as e:
-        log.warning("%s: label names unreadable (%s); using label numbers", path, one_line(e))
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        log.warning("%s: unreadable (%s); using label numbers", path, one_line(e))
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def msd_label_names(src: Path) -> dict[int, str]:
+    """Label names from ``dataset.json`` (or a MONAI ``datalist.json``).
+
+    Decathlon writes ``"labels": {"1": "liver"}``, nnU-Net v2 ``{"liver": 1}``; an nnU-Net
+    region (a name mapped to a list of labels) names no single label and is skipped.
+    """
+    meta = read_dataset_json(src) or read_dataset_json(src, "datalist.json")
+    labels = meta.get("labels", {})
+    names: dict[int, str] = {}
+    try:
+        for key, value in labels.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                names[value] = str(key)  # nnU-Net v2: name -> value
+            elif not isinstance(value, (list, tuple)):
+                names[int(key)] = str(value)  # Decathlon: "value" -> name
+    except (AttributeError, TypeError, ValueError) as e:
+        log.warning("%s: label names unreadable (%s); using label numbers", src, one_line(e))
+        return {}
+    return names
+
+
+# ------------------------------------------------------------------------- nnU-Net
+
+# nnU-Net names an image CASE_XXXX.nii.gz (XXXX: the channel) and its label CASE.nii.gz.
+_CHANNEL_RE = re.compile(r"^(.+)_(\d{4})$")
+NNUNET_ENDINGS = (".nii.gz", ".nii")
+# Written by `augment.export_nnunet`: the patient of each exported case.
+EXPORT_CASES = "lesionforge_cases.jsonl"
+
+
+def is_nnunet(src: Path, images: list[tuple[str, Path]], masks: list[tuple[str, Path]]) -> bool:
+    """An nnU-Net raw folder: a v2 ``dataset.json``, or channel-suffixed images whose
+    unsuffixed names are the labels' (a Decathlon folder names both alike)."""
+    meta = read_dataset_json(src)
+    if "channel_names" in meta or "file_ending" in meta:
+        return True
+    label_keys = {k for k, _ in masks}
+    return bool(images) and all(
+        (m := _CHANNEL_RE.match(k)) and k not in label_keys and m.group(1) in label_keys
+        for k, _ in images
+    )
+
+
+def nnunet_cases(
+    src: Path, images: list[tuple[str, Path]], masks: list[tuple[str, Path]]
+) -> list[Case]:
+    """Cases of an nnU-Net raw folder: the CT channel of ``imagesTr`` paired with ``labelsTr``.
+
+    ``imagesTs`` holds unlabelled cases; a lesionforge sample always has a mask (an empty
+    one says "no lesion"), so they are not imported (logged).
+    """
+    meta = read_dataset_json(src)
+    ending = meta.get("file_ending", ".nii.gz")
+    if ending not in NNUNET_ENDINGS:
+        raise DataError(
+            f"{src / 'dataset.json'}: file_ending {ending!r}; lesionforge imports NIfTI "
+            "(.nii.gz, .nii) nnU-Net datasets"
+        )
+    by_channel: dict[str, list[tuple[str, Path]]] = {}
+    for key, path in images:
+        m = _CHANNEL_RE.match(key)
+        if m is None:
+            raise DataError(f"{path}: no channel suffix (nnU-Net names images CASE_0000{ending})")
+        by_channel.setdefault(m.group(2), []).append((m.group(1), path))
+    channel_names = meta.get("channel_names") or meta.get("modality") or {}
+    try:
+        named = {f"{int(k):04d}": str(v) for k, v in dict(channel_names).items()}
+    except (TypeError, ValueError):
+        named = {}
+    channels = sorted(by_channel)
+    if len(channels) > 1:
+        ct = [c for c in channels if named.get(c, "").strip().lower() == "ct"]
+        if len(ct) != 1:
+            listed = ", ".join(f"{c} ({named.get(c, '?')})" for c in channels)
+            raise DataError(
+                f"{src}: {len(channels)} image channels ({listed}); lesionforge imports one CT "
+                "channel: name exactly one 'CT' in dataset.json channel_names"
+            )
+        log.info("%s: importing channel %s (CT) of %s", src, ct[0], ", ".join(channels))
+        channels = ct
+    if not channels:
+        raise DataError(f"{src / 'imagesTr'}: no NIfTI images")
+    expected = f"{src / 'labelsTr'}/{{}}{ending}"
+    cases = _pair(by_channel[channels[0]], masks, expected)
+    tests = [p for p in visible_files(src / "imagesTs")] if (src / "imagesTs").is_dir() else []
+    if tests:
+        log.info(
+            "%s: %d imagesTs files not imported (no labels; lesionforge samples need masks)",
+            src, len(tests),
+        )
+    patients = _exported_patients(src)
+    return [replace(c, patient=patients.get(c.name)) for c in cases]
+
+
+def _exported_patients(src: Path) -> dict[str, str]:
+    """``{case: patient id}`` of a folder lesionforge exported (else {}): 2D cases of one
+    patient stay one patient, so a split never puts them on both sides."""
+    path = src / EXPORT_CASES
+    if not path.is_file():
+        return {}
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return {str(r["case"]): safe_id(str(r["patient_id"])) for r in rows}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        log.warning("%s: unreadable (%s); one patient per case", path, one_line(e))
         return {}
 
 

@@ -66,7 +66,7 @@ def test_coco_round_trip_and_convention(tmp_path):
     empty = Sample(
         np.zeros((20, 30), np.float32), np.zeros((20, 30), np.uint8), meta={"id": "p2_s000"}
     )
-    path = write_coco(tmp_path / "c.json", [*samples, empty], {1: "hemorrhage"})
+    path = write_coco(tmp_path / "c.json", [*samples, empty], {1: "hemorrhage"}, window="brain")
     data = json.loads(path.read_text())
     # [x, y, w, h] with w = x2 - x1: edges (3, 2, 6, 5) -> [3, 2, 3, 3].
     assert data["annotations"][0]["bbox"] == [3.0, 2.0, 3.0, 3.0]
@@ -75,12 +75,13 @@ def test_coco_round_trip_and_convention(tmp_path):
         {"id": 2, "name": "class_2", "supercategory": "lesion"},
     ]
     read = read_coco(path)
-    assert list(read) == ["img/p1_s004.npy", "img/p1_s005.npy", "img/p2_s000.npy"]
+    names = ["coco/images/p1_s004.png", "coco/images/p1_s005.png", "coco/images/p2_s000.png"]
+    assert list(read) == names
     for sample in samples:
-        boxes, labels = read[f"img/{sample.id}.npy"]
+        boxes, labels = read[f"coco/images/{sample.id}.png"]
         np.testing.assert_array_equal(boxes, sample.boxes)
         np.testing.assert_array_equal(labels, sample.labels)
-    assert read["img/p2_s000.npy"][0].shape == (0, 4)
+    assert read[names[2]][0].shape == (0, 4)
 
 
 def test_coco_reader_errors(tmp_path):
@@ -99,7 +100,10 @@ def test_coco_reader_errors(tmp_path):
 
 def test_export_boxes_into_a_dataset(tmp_path):
     samples = [two_lesions("p1_s004"), two_lesions("p1_s005")]
-    folder = write_dataset(tmp_path / "ds", samples, kind="phantom", classes={1: "ich", 2: "edema"})
+    folder = write_dataset(
+        tmp_path / "ds", samples, kind="phantom", classes={1: "ich", 2: "edema"},
+        config={"kind": "head-ich"},
+    )  # fmt: skip
     voc = export_boxes(folder, "voc")
     assert sorted(p.name for p in voc.iterdir()) == ["p1_s004.xml", "p1_s005.xml"]
     boxes, labels, _ = read_voc(voc / "p1_s005.xml", {1: "ich", 2: "edema"})
@@ -107,7 +111,7 @@ def test_export_boxes_into_a_dataset(tmp_path):
     np.testing.assert_array_equal(labels, [1, 2])
     coco = export_boxes(folder, "coco")
     assert coco.name == "annotations_coco.json"
-    np.testing.assert_array_equal(read_coco(coco)["img/p1_s004.npy"][0], samples[0].boxes)
+    np.testing.assert_array_equal(read_coco(coco)["coco/images/p1_s004.png"][0], samples[0].boxes)
     export_boxes(folder, "voc")  # again: replaces the old export
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
     with pytest.raises(ConfigError, match="unknown box format"):
