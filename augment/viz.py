@@ -13,6 +13,7 @@ import os
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -138,17 +139,15 @@ def grid_figure(
             fontsize=8,
             frameon=False,
         )
-    fig.text(
-        0.5,
-        0.04 / height,
-        f"window: {window_label(window)}",
-        ha="center",
-        va="bottom",
-        fontsize=7,
-        color="0.25",
-    )
+    window_caption(fig, window, height)
     fig.tight_layout(rect=(0, footer / height, 1, 1))
     return fig
+
+
+def window_caption(fig: Figure, window: str | Window, height: float, note: str = "") -> None:
+    """``window: brain (C 40 / W 80 HU)`` at the bottom of a figure ``height`` inches tall."""
+    text = f"window: {window_label(window)}" + (f" ({note})" if note else "")
+    fig.text(0.5, 0.04 / height, text, ha="center", va="bottom", fontsize=7, color="0.25")
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
@@ -161,19 +160,7 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def save_grid(
-    rows: Sequence[Sequence[Sample]],
-    path: str | os.PathLike,
-    *,
-    window: str | Window = "brain",
-    titles: Sequence[str] | Sequence[Sequence[str]] | None = None,
-    row_labels: Sequence[str] | None = None,
-    contour: bool = True,
-    boxes: bool = False,
-    class_names: Mapping[int | str, str] | None = None,
-    cell_inches: float = 2.0,
-    dpi: int = 100,
-) -> Path:
+def save_grid(rows: Sequence[Sequence[Sample]], path: str | os.PathLike, **options: Any) -> Path:
     """Save a PNG grid of slices, windowed for viewing, with their labels drawn on.
 
     Below the grid: a legend naming each class drawn, and the display window
@@ -182,6 +169,7 @@ def save_grid(
     Args:
         rows: samples, one list per grid row (rows may differ in length).
         path: where the PNG goes (written atomically).
+        options: `grid_figure`'s:
         window: display window name (``"brain"``, ``"liver"``...) or a `Window`.
         titles: one title per column (shown above the first row), or one per cell.
         row_labels: one label per row, shown left of it.
@@ -195,17 +183,7 @@ def save_grid(
         ``path`` as a `Path`.
     """
     try:
-        fig = grid_figure(
-            rows,
-            window=window,
-            titles=titles,
-            row_labels=row_labels,
-            contour=contour,
-            boxes=boxes,
-            class_names=class_names,
-            cell_inches=cell_inches,
-            dpi=dpi,
-        )
+        fig = grid_figure(rows, **options)
     except DataError as e:
         raise DataError(f"{path}: {e}") from None
     return save_figure(fig, path)

@@ -409,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", type=Path,
                     help="nnunet: the nnUNet_raw folder; nifti: the folder to write")
     ex.add_argument("--window", help="coco: window of the 8-bit PNGs, a name (brain, liver, ...) or "
-                    "CENTER,WIDTH in HU (default: the display window of the dataset's anatomy)")
+                    "CENTER,WIDTH in HU (--window=-600,1500 for a negative centre; default: the "
+                    "display window of the dataset's anatomy)")
     ex.add_argument("--restack", action="store_true",
                     help="nnunet/nifti: one volume per patient, slices sorted by slice index "
                     "(default: one 2D case per slice)")

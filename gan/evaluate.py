@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import logging
 import math
 import numbers
@@ -47,9 +46,9 @@ from augment.sample import (
     sha256_file,
     to_jsonable,
     versions,
-    write_bytes_atomic,
     write_json_atomic,
 )
+from augment.viz import save_figure
 from augment.window import DISPLAY_WINDOW, MODEL_WINDOW, WINDOWS, Window
 from gan import quality as q
 from gan.base import GanModule, read_checkpoint, resolve_checkpoint, resolve_device
@@ -327,13 +326,6 @@ def memorisation(
 # ------------------------------------------------------------------------------ figures
 
 
-def _save_figure(fig, path: Path) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    write_bytes_atomic(path, buf.getvalue())
-    return str(path)
-
-
 def _summary_png(
     path: Path,
     name: str,
@@ -373,7 +365,7 @@ def _summary_png(
     ax_m.set_title("memorisation", fontsize=9)
     ax_m.legend(fontsize=7)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return str(save_figure(fig, path))
 
 
 def _pairs_png(path: Path, mem: dict[str, Any], window: Window, n: int = PAIRS_SHOWN) -> str | None:
@@ -384,7 +376,7 @@ def _pairs_png(path: Path, mem: dict[str, Any], window: Window, n: int = PAIRS_S
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from augment.viz import window_label
+    from augment.viz import window_caption
 
     ssim = np.where(np.isfinite(mem["ssim"]), mem["ssim"], -np.inf)
     order = [int(i) for i in np.argsort(-ssim, kind="stable")[:n] if np.isfinite(ssim[i])]
@@ -407,17 +399,9 @@ def _pairs_png(path: Path, mem: dict[str, Any], window: Window, n: int = PAIRS_S
             ax.set_yticks([])
     axes[0][0].set_ylabel("synthetic", fontsize=8)
     axes[1][0].set_ylabel("nearest training", fontsize=8)
-    fig.text(
-        0.5,
-        0.04 / height,
-        f"window: {window_label(window)} (the window SSIM is computed in)",
-        ha="center",
-        va="bottom",
-        fontsize=7,
-        color="0.25",
-    )
+    window_caption(fig, window, height, "the window SSIM is computed in")
     fig.tight_layout(rect=(0, caption_in / height, 1, 1))
-    return _save_figure(fig, path)
+    return str(save_figure(fig, path))
 
 
 # ------------------------------------------------------------------------------- entry

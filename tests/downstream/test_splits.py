@@ -85,11 +85,8 @@ def test_an_external_cohort_holding_training_slices_is_leakage(cohorts, tmp_path
     _, ours, _ = cohorts
     leaky = tmp_path / "leaky"
     shutil.copytree(ours, leaky)  # the same scans under the same ids: a copy, not a cohort
-    cfg = config(ours, split={"fractions": [0.7, 0.3, 0], "seed": 0})
-    cfg["data"]["test_folder"] = str(leaky)
-    exp = experiment_from_dict(cfg)
     with pytest.raises(LeakageError, match="identical to training"):
-        Splits(exp, *prepare_data(exp, tmp_path))
+        splits_with_external(ours, leaky, tmp_path)
 
 
 def test_an_external_cohort_whose_classes_mean_something_else(cohorts, tmp_path):
@@ -99,11 +96,15 @@ def test_an_external_cohort_whose_classes_mean_something_else(cohorts, tmp_path)
     info = json.loads((other / "dataset.json").read_text())
     info["classes"]["1"] = "tumour"
     (other / "dataset.json").write_text(json.dumps(info))
-    cfg = config(ours, split={"fractions": [0.7, 0.3, 0], "seed": 0})
-    cfg["data"]["test_folder"] = str(other)
-    exp = experiment_from_dict(cfg)
     with pytest.raises(DataError, match="'tumour' here but 'IPH'"):
-        Splits(exp, *prepare_data(exp, tmp_path))
+        splits_with_external(ours, other, tmp_path)
+
+
+def splits_with_external(ours, external, tmp_path) -> Splits:
+    cfg = config(ours, split={"fractions": [0.7, 0.3, 0], "seed": 0})
+    cfg["data"]["test_folder"] = str(external)
+    exp = experiment_from_dict(cfg)
+    return Splits(exp, *prepare_data(exp, tmp_path))
 
 
 def test_split_file_naming_unknown_patients(cohorts, tmp_path):
