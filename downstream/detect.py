@@ -300,7 +300,7 @@ class _DetachedRoIAlign(MultiScaleRoIAlign):
         return super().forward({k: v.detach() for k, v in x.items()}, boxes, image_shapes)
 
 
-def segmentation_proposals(logits: Tensor, image_shapes: Sequence[tuple[int, int]], pad: int = 1) -> list[Tensor]:
+def segmentation_proposals(logits: Tensor, image_shapes: Sequence[tuple[int, int]], pad: int = 0) -> list[Tensor]:
     """Per image, one box per connected lesion component of the segmentation head's
     label map (`downstream.segment.decode`, boxes as `augment.sample.boxes_from_mask`),
     grown by ``pad`` pixels and clipped to the image."""
@@ -329,7 +329,7 @@ class SegmentationProposalHeads(RoIHeads):
     external proposals, e.g. selective search).
     """
 
-    def __init__(self, heads: RoIHeads, backbone: UNetBackbone, pad: int = 1) -> None:
+    def __init__(self, heads: RoIHeads, backbone: UNetBackbone, pad: int = 0) -> None:
         super().__init__(
             heads.box_roi_pool, heads.box_head, heads.box_predictor,
             heads.proposal_matcher.high_threshold, heads.proposal_matcher.low_threshold,

@@ -31,14 +31,15 @@ SECONDARY = {
     "segment": [("iou", "IoU"), ("hd95", "HD95"), ("lesion_sensitivity", "lesion sens."),
                 ("small_lesion_sensitivity", "small-lesion sens."), ("fp_per_slice", "FP/slice"),
                 ("icc_area", "ICC(2,1) area")],
-    "detect": [("sens_at_1fp", "lesion sens. @ 1 FP/slice"), ("box_sensitivity", "lesion sens. @θ"), ("small_box_sensitivity", "small-lesion sens. @θ"),
+    "detect": [("sens_at_1fp", "lesion sens. @ 1 FP/slice"),
+               ("sens_at_1fp_iou01", "same, IoU ≥ 0.1 (nnDetection)"), ("box_sensitivity", "lesion sens. @θ"), ("small_box_sensitivity", "small-lesion sens. @θ"),
                ("fp_boxes_per_slice", "FP boxes/slice @θ"), ("image.precision", "precision @θ"),
                ("image.recall", "recall @θ"), ("image.accuracy", "accuracy @θ"), ("auc", "AUC")],
 }
 LOWER_IS_BETTER = {"hd95", "fp_per_slice", "fp_boxes_per_slice"}
 # Metrics that live in [0, 1]: their plots show exactly that range (and a little headroom).
 UNIT_METRICS = {"dice", "iou", "mAP50", "lesion_sensitivity", "small_lesion_sensitivity", "box_sensitivity",
-                "small_box_sensitivity", "sens_at_1fp", "auc"}
+                "small_box_sensitivity", "sens_at_1fp", "sens_at_1fp_iou01", "auc"}
 
 
 @dataclass

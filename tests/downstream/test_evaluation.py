@@ -33,3 +33,16 @@ def test_lesion_free_patients_do_not_enter_dice_but_their_false_positives_count(
     assert m["n_patients"] == 2 and m["n_lesion_free_patients"] == 1
     assert m["fp_per_slice"] == pytest.approx(1 / 4)  # one FP component over four slices
     assert m["lesion_sensitivity"] == 1.0 and m["n_lesions"] == 1
+
+
+def test_detection_froc_point_at_both_hit_criteria():
+    from downstream.evaluation import evaluate_detection
+
+    lesion = np.zeros((16, 16), np.uint8)
+    lesion[4:7, 4:7] = 1  # a 3 x 3 px lesion: box [4, 4, 7, 7]
+    samples = [_slice("p1", lesion, 0)]
+    # A box one pixel off in x and y: IoU = 4 / 14 = 0.29 (2 x 2 overlap, 9 + 9 - 4 union).
+    preds = [(np.array([[5.0, 5.0, 8.0, 8.0]]), np.array([0.9]), np.array([1]))]
+    m = evaluate_detection(preds, samples, theta=0.5)
+    assert m["sens_at_1fp"] == 0.0  # IoU 0.29 < 0.5: a miss (and a false positive)
+    assert m["sens_at_1fp_iou01"] == 1.0  # >= 0.1 (nnDetection's criterion): found
