@@ -297,6 +297,20 @@ def _positive_int(text: str) -> int:
     return n
 
 
+# Seeds feed numpy's and torch's generators, and studies add their own offsets: 0 .. 2^31-1.
+MAX_SEED = 2**31 - 1
+
+
+def _seed(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer in 0..{MAX_SEED}, got {text!r}")
+    return n
+
+
 def _output_file(text: str) -> Path:
     path = Path(text)
     if path.is_dir():
@@ -336,7 +350,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--seed", type=int, default=0, help="random seed (same seed + config = same files)")
+    common.add_argument("--seed", type=_seed, default=0, help="random seed (same seed + config = same files)")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from augment.config_types import build_dataclass, check_fields
+from augment.config_types import build_dataclass
 from augment.errors import ConfigError
 
 TASKS = ("segment", "detect")
@@ -162,11 +163,17 @@ class Experiment:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
 
+# Seeds (and budgets) feed numpy's and torch's generators: at most 2^31 - 1.
+MAX_INT = 2**31 - 1
+
+
 def _int_list(v: Any, where: str, *, low: int) -> tuple[int, ...]:
     if not isinstance(v, (list, tuple)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
         raise ConfigError(f"{where}: expected a list of integers, got {v!r}")
-    if any(x < low for x in v):
-        raise ConfigError(f"{where}: values must be >= {low}, got {list(v)}")
+    if any(not low <= x <= MAX_INT for x in v):
+        raise ConfigError(f"{where}: values must be in {low}..{MAX_INT}, got {list(v)}")
+    if len(set(v)) != len(v):
+        raise ConfigError(f"{where}: values repeat ({list(v)}): each would be run twice")
     return tuple(v)
 
 
@@ -214,6 +221,12 @@ def _check_recipe(spec: RecipeSpec, where: str) -> None:
     need(isinstance(spec.fg_fraction, (int, float)) and 0 <= spec.fg_fraction <= 1,
          f"fg_fraction must be in [0, 1], got {spec.fg_fraction!r}")
     need(is_int(spec.val_every) and spec.val_every >= 1, f"val_every must be an integer >= 1, got {spec.val_every!r}")
+    need(isinstance(spec.window, str), f"window must be a window name, got {spec.window!r}")
+    from augment.window import WINDOWS
+
+    need(spec.window in WINDOWS, f"window {spec.window!r} is unknown; known: {', '.join(sorted(WINDOWS))}")
+    base = getattr(spec, "base", 1)
+    need(is_int(base) and base >= 1, f"base must be an integer >= 1, got {base!r}")
     arch = getattr(spec, "arch", "unet")
     need(arch in ("unet", "attention-unet"), f"arch must be unet or attention-unet, got {arch!r}")
     depth = getattr(spec, "depth", 0)
@@ -298,6 +311,8 @@ def _check_data(data: DataSpec, where: str) -> None:
 
 def _check_split(split: SplitSpec, data: DataSpec, where: str) -> None:
     train, val, test = split.fractions
+    if not all(math.isfinite(f) for f in split.fractions):
+        raise ConfigError(f"{where}: split.fractions must be finite numbers, got {list(split.fractions)}")
     external = data.test_folder is not None
     if split.file is not None:
         test = len(split.parts["test"]) if split.parts else 0
@@ -314,6 +329,32 @@ def _check_split(split: SplitSpec, data: DataSpec, where: str) -> None:
     if external and test > 0:
         raise ConfigError(f"{where}: data.test_folder is the test set: set the test part of split.fractions to 0, "
                           f"got {list(split.fractions)}")
+
+
+def _check_detect(det: DetectSpec, seg: SegmentSpec | None, where: str) -> None:
+    """The detector's own options: ranges torchvision would only trip over mid-training."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{where}: {what}")
+
+    for key in ("representation_size", "box_batch_size_per_image"):
+        need(getattr(det, key) >= 1, f"{key} must be >= 1, got {getattr(det, key)}")
+    need(0 < det.rpn_bg_iou_thresh <= det.rpn_fg_iou_thresh <= 1,
+         f"rpn IoU thresholds need 0 < rpn_bg_iou_thresh <= rpn_fg_iou_thresh <= 1, got "
+         f"{det.rpn_bg_iou_thresh}, {det.rpn_fg_iou_thresh}")
+    need(det.alpha > 0, f"alpha must be > 0, got {det.alpha}")
+    need(det.max_ratio >= 1, f"max_ratio must be >= 1, got {det.max_ratio}")
+    need(0 <= det.theta <= 1, f"theta must be in [0, 1], got {det.theta}")
+    need(det.aux_weight >= 0, f"aux_weight must be >= 0, got {det.aux_weight}")
+    need(all(n >= 1 for n in (*det.rpn_pre_nms_top_n, *det.rpn_post_nms_top_n)),
+         "rpn_pre_nms_top_n and rpn_post_nms_top_n must be >= 1")
+    depth = seg.depth if (det.backbone == "unet" and det.init == "segmenter" and seg is not None) else det.depth
+    if det.backbone == "unet":
+        need(bool(det.levels) and all(0 <= lv <= depth for lv in det.levels),
+             f"levels {list(det.levels)} must lie in 0..{depth} (the U-Net's depth)")
+    w = det.backbone_weights
+    need(w is None or w == "imagenet" or Path(w).is_file(),
+         f"backbone_weights {w!r}: not 'imagenet' and no such file")
 
 
 def load_split_file(path: Path, fold: int, where: str) -> dict[str, tuple[str, ...]]:
@@ -393,6 +434,7 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
         _check_recipe(spec, f"{where}: tasks.{name}")
     det = tasks.get("detect")
     if det is not None:
+        _check_detect(det, tasks.get("segment"), f"{where}: tasks.detect")
         if det.backbone not in DETECT_BACKBONES:
             raise ConfigError(f"{where}: tasks.detect.backbone must be one of {', '.join(DETECT_BACKBONES)}")
         if det.init not in ("segmenter", "scratch"):
@@ -411,7 +453,9 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
         except ConfigError as e:
             raise ConfigError(f"{where}: generators: {e}") from None
         g = build_dataclass(GeneratorSpec, spec, f"{where}: generators.{name}")
-        check_fields(model.Config, g.config, source=f"{where}: generators.{name}.config", sep=".")
+        from gan.base import config_from_dict
+
+        config_from_dict(model.Config, g.config, source=f"{where}: generators.{name}.config")
         for key in ("steps", "batch_size", "n_synthetic"):
             if getattr(g, key) < 1:
                 raise ConfigError(f"{where}: generators.{name}.{key} must be >= 1, got {getattr(g, key)}")
@@ -455,6 +499,9 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
     unknown = sorted(set(quality) - QUALITY_KEYS)
     if unknown:
         raise ConfigError(f"{where}: quality: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(QUALITY_KEYS))}")
+    fid = quality.get("fid_weights")
+    if fid is not None and not (isinstance(fid, str) and Path(fid).is_file()):
+        raise ConfigError(f"{where}: quality.fid_weights {fid!r}: no such file (pytorch-fid's Inception weights)")
     for key in ("name", "out"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
             raise ConfigError(f"{where}: {key}: expected a string, got {raw[key]!r}")

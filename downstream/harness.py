@@ -284,8 +284,7 @@ def run_compare(
     if seed:
         exp = replace(exp, seeds=tuple(s + seed for s in exp.seeds))
     out = Path(out or exp.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder; choose another --out")
+    check_output_folder(out)
     source, target = prepare_data(exp, out / "data")
     kind = source.kind or (exp.data.phantom or "")
     splits = Splits(exp, source, target)
@@ -357,6 +356,24 @@ def run_compare(
     write_json_atomic(out / "generator_failures.json", failures)
     return write_report(exp, rows, gen_quality, out, classes=classes, total_seconds=time.perf_counter() - t_start,
                         splits=splits, failures=failures)
+
+
+# What `run_compare` writes into its output folder (a rerun reuses its caches).
+OUTPUT_ENTRIES = {"config.yaml", "data", "generators", "synthetic", "quality", "cache", "plots", "results.jsonl",
+                  "report.md", "report.html", "generator_quality.json", "generator_failures.json"}
+
+
+def check_output_folder(out: Path) -> None:
+    """``out`` must be new, empty, or an earlier compare output: a rerun writes over it (and
+    reuses its cached runs), so a folder holding anything else is refused, never written into."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; choose another --out")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_ENTRIES and not p.name.startswith("."))
+    if foreign:
+        raise ConfigError(f"{out}: not a compare output folder (it holds {', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); choose another --out")
 
 
 def _check_sizes(exp: Experiment, splits: Splits) -> None:

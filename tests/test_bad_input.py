@@ -161,6 +161,8 @@ def test_unwritable_output_is_one_line(tmp_path, capsys):
         (["data", "info", "{tmp}/missing"], ["missing"]),
         (["compare", "{tmp}/missing.yaml"], ["missing.yaml"]),
         (["bogus"], ["bogus"]),
+        (["data", "phantom", "--out", "{tmp}/x", "--seed", "-1"], ["--seed", "-1"]),
+        (["data", "phantom", "--out", "{tmp}/x", "--seed", str(2**70)], ["--seed"]),
     ],
 )
 def test_bad_options_are_one_line(tmp_path, dataset, capsys, argv, names):
@@ -196,8 +198,8 @@ BAD_CONFIGS = [
     ("tasks.detect.cost_sensitive", "yes", ["tasks.detect.cost_sensitive", "true or false"]),
     ("tasks", ["segment"], ["tasks", "mapping"]),
     ("budgets", "abc", ["budgets", "list of integers"]),
-    ("budgets", [-1], ["budgets", ">= 1"]),
-    ("budgets", [0], ["budgets", ">= 1"]),
+    ("budgets", [-1], ["budgets", "1..2147483647"]),
+    ("budgets", [0], ["budgets", "1..2147483647"]),
     ("budgets", [50], ["budget 50", "training patients"]),
     ("seeds", [0.5], ["seeds", "integers"]),
     ("split.fractions", [1, -0.5, 0.5], ["split.fractions", ">= 0"]),
@@ -209,13 +211,27 @@ BAD_CONFIGS = [
     ("generators.pix2pix.steps", 0, ["generators.pix2pix.steps", ">= 1"]),
     ("generators.pix2pix.batch_size", "x", ["generators.pix2pix.batch_size", "integer"]),
     ("generators", {"stylegan": {"steps": 1}}, ["stylegan", "unknown generator"]),
-    ("generators.pix2pix.config", {"ngf": "abc"}, ["generators.pix2pix.config.ngf", "integer"]),
+    ("generators.pix2pix.config", {"ngf": "abc"}, ["generators.pix2pix.config: ngf", "integer"]),
     ("generators.pix2pix.config", {"nfg": 4}, ["generators.pix2pix.config", "unknown option", "nfg"]),
     ("strategies", {"name": "none"}, ["strategies", "list"]),
     ("strategies", [{"name": "none"}, {"name": "c", "augment": "nonsense"}], ["'c'", "nonsense"]),
     ("strategies", [{"name": "none"}, {"name": "p", "generators": ["pix2pix"], "ratio": "half"}],
      ["strategies[1].ratio", "number"]),
     ("quality", {"n": 8}, ["quality", "unknown key", "n"]),
+    ("quality", {"fid_weights": "/nope.pth"}, ["quality.fid_weights", "no such file"]),
+    ("tasks.segment.base", 0, ["tasks.segment", "base", ">= 1"]),
+    ("tasks.segment.window", "sausage", ["tasks.segment", "window 'sausage'"]),
+    ("seeds", [2**70], ["seeds", "0..2147483647"]),
+    ("budgets", [2, 2], ["budgets", "repeat"]),
+    ("split.fractions", [0.5, 0.1, float("nan")], ["split.fractions", "finite"]),
+    ("split.fractions", [float("inf"), 0.1, 0.3], ["split.fractions", "finite"]),
+    ("tasks.detect.rpn_fg_iou_thresh", 2.0, ["tasks.detect", "rpn IoU thresholds"]),
+    ("tasks.detect.representation_size", 0, ["tasks.detect", "representation_size"]),
+    ("tasks.detect.box_batch_size_per_image", 0, ["tasks.detect", "box_batch_size_per_image"]),
+    ("tasks.detect.alpha", -1.0, ["tasks.detect", "alpha"]),
+    ("tasks.detect.levels", [7], ["tasks.detect", "levels [7]"]),
+    ("tasks.detect.backbone_weights", "/nope.pt", ["tasks.detect", "/nope.pt"]),
+    ("generators.pix2pix.config", {"ngf": 0}, ["generators.pix2pix.config", "ngf"]),
     ("name", ["a"], ["name", "string"]),
 ]
 
@@ -257,3 +273,16 @@ def test_budget_larger_than_the_folders_training_patients(tmp_path, dataset, cap
     code, err = run_cli(capsys, "compare", path, "--out", out)
     assert_one_line_error(code, err, "budget 40", "training patients", str(dataset))
     assert not out.exists()
+
+
+def test_compare_never_writes_into_a_folder_of_yours(tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "report.md").write_text("my own notes")
+    (out / "thesis.tex").write_text("do not touch")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(SMOKE))
+    code, err = run_cli(capsys, "compare", path, "--out", out)
+    assert_one_line_error(code, err, str(out), "not a compare output folder", "thesis.tex")
+    assert (out / "report.md").read_text() == "my own notes"
+    assert sorted(p.name for p in out.iterdir()) == ["report.md", "thesis.tex"]

@@ -170,7 +170,7 @@ def test_same_seed_same_numbers(compared, tmp_path):
     ({"tasks": {"segment": {**TINY["tasks"]["segment"], "patch": 30}}}, "multiple of 2^depth"),
     ({"tasks": {"segment": {**TINY["tasks"]["segment"], "steps": "abc"}}}, "tasks.segment.steps: expected an integer"),
     ({"tasks": {"segment": {**TINY["tasks"]["segment"], "lr": "fast"}}}, "tasks.segment.lr: expected a number"),
-    ({"budgets": [-1]}, "budgets: values must be >= 1"),
+    ({"budgets": [-1]}, "budgets: values must be in 1..2147483647"),
     ({"budgets": "abc"}, "budgets: expected a list of integers"),
     ({"ceiling": ["pix2pix"]}, "uses generators"),
     ({"tasks": {"detect": TINY["tasks"]["detect"]}}, "init: segmenter needs a tasks.segment section"),
