@@ -72,6 +72,12 @@ _IMAGE_DIRS = ("images", "image", "img")
 _MASK_DIRS = ("masks", "mask", "labels")
 
 LabelSpec = Sequence[int] | Mapping[int, int] | None
+# Largest label value a lesion_labels source may name (NIfTI label maps are int16/int32).
+MAX_LABEL = 2**31 - 1
+# The forms of ``--lesion-labels``, as its help and its error message show them.
+LESION_LABELS_FORMS = (
+    "'2' (label 2 -> class 1), '1,2' (each its own class) or '1:0,2:1' (source:class)"
+)
 
 
 # ------------------------------------------------------------------------ label maps
@@ -90,11 +96,15 @@ class LabelMap:
     strict: bool = False
 
     @classmethod
-    def from_spec(cls, spec: LabelSpec | LabelMap) -> LabelMap:
+    def from_spec(cls, spec: LabelSpec | LabelMap | str, what: str | None = None) -> LabelMap:
+        """A map from a list, dict, int, or the ``--lesion-labels`` text; ``what`` names
+        the spec in errors (default: ``lesion_labels <spec>``)."""
         if spec is None or isinstance(spec, LabelMap):
             return spec or cls()
         if isinstance(spec, (str, bytes)):
-            return cls.from_spec(parse_lesion_labels(str(spec)))
+            text = spec.decode() if isinstance(spec, bytes) else spec
+            return cls.from_spec(parse_lesion_labels(text), what or f"--lesion-labels {text!r}")
+        what = what or f"lesion_labels {spec!r}"
         if isinstance(spec, int) and not isinstance(spec, bool):
             spec = [spec]
         try:
@@ -106,12 +116,22 @@ class LabelMap:
                     raise ValueError("empty or repeated label")
                 table = {v: i + 1 for i, v in enumerate(values)}
         except (TypeError, ValueError) as e:
-            raise ConfigError(
-                f"lesion_labels {spec!r} is not a list or map of integers ({e})"
-            ) from None
+            raise ConfigError(f"{what} is not a list or map of integers ({e})") from None
         if any(not 0 <= d <= 255 for d in table.values()):
-            raise ConfigError(f"lesion_labels {spec!r}: classes must be in 0..255")
+            raise ConfigError(f"{what}: classes must be in 0..255")
+        for src, dst in table.items():
+            if src == 0 and dst:
+                raise ConfigError(
+                    f"{what}: label 0 is the background, it cannot be a lesion "
+                    "label (give the non-zero label values of the lesions)"
+                )
+            if abs(src) > MAX_LABEL or (src < 0 and dst):
+                raise ConfigError(f"{what}: {src} is not a lesion label value (1..{MAX_LABEL})")
         return cls(table, strict=isinstance(spec, Mapping))
+
+    def spec_text(self) -> str:
+        """The map in ``--lesion-labels`` form (``"1:0,2:1"``)."""
+        return ",".join(f"{s}:{d}" for s, d in (self.table or {}).items())
 
     def classes(self) -> list[int]:
         """The classes this map can produce (empty for the identity map: data decides)."""
@@ -160,7 +180,7 @@ def parse_lesion_labels(text: str) -> list[int] | dict[int, int]:
             return [int(p) for p in parts]
     except ValueError:
         pass
-    raise ConfigError(f"lesion labels {text!r}: use '2', '1,2' or '1:0,2:1'")
+    raise ConfigError(f"--lesion-labels {text!r}: use {LESION_LABELS_FORMS}")
 
 
 # ----------------------------------------------------------------------- slice files
@@ -326,6 +346,27 @@ def _without_ignore(label_map: LabelMap, names: dict[int, str], src: Path) -> La
 # ---------------------------------------------------------------------------- entry
 
 
+_FORMAT_NAMES = {
+    "nifti": "NIfTI volumes",
+    "dicom": "DICOM series",
+    "npy": "NPY slices",
+    "png": "PNG slices",
+}
+
+
+def _window_text(window: Any) -> str:
+    """A window spec as typed on the command line (``40 inf``), or its repr."""
+    if isinstance(window, dict) and {"center", "width"} <= set(window):
+        return (
+            f"{window['center']:g} {window['width']:g}"
+            if all(isinstance(window[k], (int, float)) for k in ("center", "width"))
+            else repr(window)
+        )
+    if isinstance(window, Window):
+        return f"{window.center:g} {window.width:g}"
+    return repr(window)
+
+
 # Largest slice side --size accepts: 4x a 1024 CT matrix; beyond it one float32 slice
 # is > 256 MiB and a typo (100000) would ask for tens of GiB.
 MAX_SLICE_SIZE = 4096
@@ -397,6 +438,15 @@ def import_dataset(
     ):
         raise ConfigError(f"--size must be an integer in 2..{MAX_SLICE_SIZE}, got {size!r}")
     label_map = LabelMap.from_spec(lesion_labels)
+    if label_map.table is not None and not label_map.classes():
+        report(
+            [
+                f"--lesion-labels {label_map.spec_text()} maps every label to class 0 "
+                "(background): no lesion would be imported"
+            ],
+            strict=strict,
+            logger=log,
+        )
     if anatomy is not None:
         check_anatomy(anatomy, "import")
     if not src.is_dir():
@@ -408,7 +458,17 @@ def import_dataset(
         raise ConfigError(
             f"{src}: PNG slices need the window they were exported with (window=center/width)"
         )
-    win = get_window(window) if window is not None and resolved == "png" else None
+    if resolved != "png" and window is not None:
+        raise ConfigError(
+            f"--window is only for PNG slices (the window they were exported with); {src} holds "
+            f"{_FORMAT_NAMES[resolved]}, already in HU: leave --window out"
+        )
+    win = None
+    if resolved == "png":
+        try:
+            win = get_window(window)
+        except (ConfigError, TypeError, ValueError) as e:
+            raise ConfigError(f"--window {_window_text(window)}: {e}") from None
     masks = Path(mask_dir) if mask_dir is not None else None
     if resolved == "nifti":
         layout, cases = nifti_cases(src, masks)
@@ -418,6 +478,12 @@ def import_dataset(
         layout, cases = dicom_cases(src, masks)
     else:
         layout, cases = _slice_cases(src, masks, resolved)
+        if layout == "images":
+            log.warning(
+                "%s: no masks/ folder beside the images (nor --mask-dir): every slice is "
+                "imported as lesion-free",
+                src,
+            )
     config = {
         "source": str(src.resolve()),
         "fmt": fmt,

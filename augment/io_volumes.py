@@ -109,6 +109,7 @@ class Volume:
     zooms: tuple[float, float, float]
     ornt: np.ndarray  # nibabel orientation that took the stored axes here
     path: Path
+    affine: np.ndarray | None = None  # voxel -> RAS+ mm of ``data`` (the canonical affine)
 
     def slice(self, k: int) -> np.ndarray:
         """Slice ``k`` as displayed: anterior up, patient's right on the left."""
@@ -128,13 +129,67 @@ def canonical(
         data = data[:, :, None]
     if data.ndim != 3:
         raise DataError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    if data.dtype.kind not in "biuf":
+        raise DataError(f"{path}: holds {data.dtype} values; expected real numbers (HU or labels)")
+    check_affine(affine, path)
     # The transform of nibabel's as_closest_canonical, applied to the unscaled array as
     # views (no copy, no float64 blow-up of a 500-slice int16 volume).
     ornt = nib.orientations.io_orientation(affine)
     canon = nib.orientations.apply_orientation(data, ornt)
     canon_affine = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
     zooms = tuple(round(float(z), 6) for z in nib.affines.voxel_sizes(canon_affine))
-    return Volume(canon, float(slope), float(inter), zooms, ornt, path)
+    return Volume(canon, float(slope), float(inter), zooms, ornt, path, canon_affine)
+
+
+def check_affine(affine: np.ndarray, path: Path) -> None:
+    """A voxel -> mm affine with finite, positive voxel sizes on three independent axes."""
+    affine = np.asarray(affine, dtype=np.float64)
+    rzs = affine[:3, :3]
+    if not np.isfinite(affine).all():
+        raise DataError(f"{path}: the voxel-to-mm affine holds NaN or infinite values")
+    zooms = np.sqrt((rzs**2).sum(axis=0))
+    if (zooms <= 0).any():
+        shown = ", ".join(f"{z:g}" for z in zooms)
+        raise DataError(
+            f"{path}: voxel spacing ({shown} mm) must be > 0 on every axis (a zero pixel "
+            "spacing or a broken affine)"
+        )
+    if abs(np.linalg.det(rzs)) <= 1e-6 * float(np.prod(zooms)):
+        raise DataError(
+            f"{path}: the voxel axes of the affine are not independent (a broken orientation)"
+        )
+
+
+def check_mask_grid(img: Volume, msk: Volume) -> None:
+    """The mask lies on the image's voxel grid: same shape and (canonical) affine.
+
+    Both are compared after reorientation, so a mask stored in another axis order
+    but covering the same voxels passes; a flipped, shifted (by half a voxel or
+    more) or resampled one does not, as pairing it voxel by voxel would mislabel.
+    """
+    if msk.data.shape != img.data.shape:
+        raise DataError(
+            f"{msk.path}: mask shape {msk.data.shape} differs from image shape {img.data.shape} "
+            f"(both in canonical RAS+ order; image {img.path.name})"
+        )
+    if img.affine is None or msk.affine is None:
+        return
+    a, b = np.asarray(img.affine, float), np.asarray(msk.affine, float)
+    zooms = np.asarray(img.zooms, float)
+    same_axes = np.allclose(a[:3, :3], b[:3, :3], rtol=0, atol=1e-3 * float(zooms.max()))
+    shift = np.abs(np.linalg.solve(a[:3, :3], b[:3, 3] - a[:3, 3])) if same_axes else None
+    if not same_axes or (shift >= 0.5).any():
+
+        def grid(v: Volume) -> str:
+            codes = "".join(nib.orientations.ornt2axcodes(v.ornt))
+            zooms = "x".join(f"{z:g}" for z in v.zooms)
+            return f"{codes} {zooms} mm, corner {np.round(v.affine[:3, 3], 1).tolist()}"
+
+        raise DataError(
+            f"{msk.path}: mask affine differs from the image {img.path.name}'s (mask {grid(msk)}; "
+            f"image {grid(img)}): the mask is flipped, shifted or on another voxel grid; save it "
+            "with the image's affine"
+        )
 
 
 def read_nifti(path: Path) -> Volume:
@@ -160,11 +215,8 @@ def volume_slices(
     case: Case, img: Volume, msk: Volume | None, root: Path, sources: Sequence[Path], spacing: bool
 ) -> Iterator[RawSlice]:
     """The displayed slices of a volume (and its mask), with their metadata."""
-    if msk is not None and msk.data.shape != img.data.shape:
-        raise DataError(
-            f"{msk.path}: mask shape {msk.data.shape} differs from image shape {img.data.shape} "
-            f"(both in canonical RAS+ order; image {img.path.name})"
-        )
+    if msk is not None:
+        check_mask_grid(img, msk)
     col_mm, row_mm, thickness = img.zooms
     n = img.data.shape[2]
     out_axis, flip = int(img.ornt[2][0]), int(img.ornt[2][1])
@@ -480,6 +532,15 @@ def _series_volume(
             f"e.g. {unscaled[0].name}); stored values taken as HU"
         )
         report([problem], strict=strict, logger=log)
+    ps = ds0.get("PixelSpacing")  # (between rows, between columns) in mm
+    if ps is not None:
+        try:
+            values = [float(v) for v in ps]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+            shown = f"[{', '.join(f'{v:g}' for v in values)}]" if values else repr(str(ps))
+            raise DataError(f"{p0}: PixelSpacing {shown} is not two positive numbers (mm)")
     iop = np.asarray([float(v) for v in ds0.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])])
     row_cos, col_cos = iop[:3], iop[3:]  # directions of increasing column, increasing row
     normal = np.cross(row_cos, col_cos)
@@ -509,7 +570,6 @@ def _series_volume(
                 f"{p}: {hu.shape} pixels, other slices of the series have {slices[0].shape}"
             )
         slices.append(np.asarray(hu, dtype=np.float32))
-    ps = ds0.get("PixelSpacing")  # (between rows, between columns) in mm
     row_mm, col_mm = (float(ps[0]), float(ps[1])) if ps else (1.0, 1.0)
     n = len(dss)
     if positioned and n > 1:

@@ -34,7 +34,7 @@ from augment.errors import ConfigError
 from augment.phantom_geom import NOMINAL_SLICES, SLICE_MM, Anatomy, Grid, lesion_records, stream
 from augment.phantom_head import HEAD_CLASSES, HEAD_FOV_MM, HEAD_TISSUES, render_head
 from augment.phantom_liver import LIVER_CLASSES, LIVER_FOV_MM, LIVER_TISSUES, render_liver
-from augment.sample import DatasetWriter, Sample
+from augment.sample import DatasetWriter, Sample, check_free_space
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,29 @@ def check_phantom_args(kind: str, domain: str, size: int) -> None:
     if kind not in KINDS:
         raise ConfigError(f"phantom: unknown kind {kind!r}; known: {', '.join(KINDS)}")
     if domain not in DOMAINS:
-        raise ConfigError(f"phantom: unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
+        raise ConfigError(
+            f"phantom: unknown domain (--domain) {domain!r}; known: {', '.join(DOMAINS)}"
+        )
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-        raise ConfigError(f"phantom: size must be an integer, got {size!r}")
+        raise ConfigError(f"phantom: size (--size) must be an integer, got {size!r}")
     if not MIN_SIZE <= size <= MAX_SIZE:
-        raise ConfigError(f"phantom: size must be in {MIN_SIZE}..{MAX_SIZE} pixels, got {size}")
+        raise ConfigError(
+            f"phantom: size (--size) must be in {MIN_SIZE}..{MAX_SIZE} pixels, got {size}"
+        )
+
+
+def check_seed(seed: int) -> None:
+    """A dataset seed: an integer in 0..2**32-1 (the random streams use 32 bits of it)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ConfigError(f"phantom: seed (--seed) must be an integer, got {seed!r}")
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"phantom: seed (--seed) must be in 0..{2**32 - 1}, got {seed}")
+
+
+def estimated_bytes(n: int, size: int) -> int:
+    """Disk space ``n`` phantom slices of ``size`` px take: the float32 ``.npy`` images
+    (exact) plus about 2 kB a slice for the mask PNG and the manifest line."""
+    return int(n) * (4 * int(size) ** 2 + 128 + 2048)
 
 
 def spacing(kind: str, size: int) -> list[float]:
@@ -184,6 +202,7 @@ def phantom_samples(
     here, at the call, not at the first slice.
     """
     check_phantom_args(kind, domain, size)
+    check_seed(seed)
     if n < 0:
         raise ConfigError(f"phantom: number of slices must be >= 0, got {n}")
     if slices_per_patient < 1:
@@ -191,29 +210,57 @@ def phantom_samples(
     return _samples(kind, n, size, domain, seed, slices_per_patient)
 
 
+# Slices a worker renders per task, and tasks in flight per worker: enough to keep the
+# workers busy, few enough that memory stays bounded whatever the number of slices.
+_CHUNK = 4
+_IN_FLIGHT_PER_WORKER = 4
+
+
 def _samples(
     kind: str, n: int, size: int, domain: str, seed: int, slices_per_patient: int, workers: int = 1
 ) -> Iterator[Sample]:
-    jobs = [(kind, *divmod(i, slices_per_patient), size, domain, seed) for i in range(n)]
+    # Made lazily: a list of a billion jobs would not fit in memory before the first slice.
+    jobs = ((kind, *divmod(i, slices_per_patient), size, domain, seed) for i in range(n))
     import multiprocessing
 
     if workers <= 1 or n < 2 * workers or "fork" not in multiprocessing.get_all_start_methods():
         yield from map(_render_job, jobs)
         return
-    from concurrent.futures import ProcessPoolExecutor
+    from collections import deque
+    from concurrent.futures import Future, ProcessPoolExecutor
+    from itertools import islice
 
     # Forked workers: "spawn" would re-run the caller's script in every worker (a script
     # without a __main__ guard would recurse). Rendering uses NumPy/SciPy only, never
     # torch's OpenMP pool, which is what makes forking a torch process unsafe. Slices
     # come back in order and each depends only on its own arguments, so the files are
-    # byte-identical to a one-process run.
+    # byte-identical to a one-process run. Tasks are submitted as results are taken
+    # (Executor.map would submit every task up front), so only a few slices are ever
+    # held in memory.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        yield from pool.map(_render_job, jobs, chunksize=4)
+        pending: deque[Future[list[Sample]]] = deque()
+        try:
+            while True:
+                while len(pending) < workers * _IN_FLIGHT_PER_WORKER:
+                    chunk = list(islice(jobs, _CHUNK))
+                    if not chunk:
+                        break
+                    pending.append(pool.submit(_render_jobs, chunk))
+                if not pending:
+                    return
+                yield from pending.popleft().result()
+        finally:
+            for future in pending:  # an early stop (error, ^C) waits for no more renders
+                future.cancel()
 
 
 def _render_job(job: tuple[str, int, int, int, str, int]) -> Sample:
     kind, patient, k, size, domain, seed = job
     return render_slice(kind, patient, k, size=size, domain=domain, seed=seed)[0]
+
+
+def _render_jobs(jobs: list[tuple[str, int, int, int, str, int]]) -> list[Sample]:
+    return [_render_job(job) for job in jobs]
 
 
 def default_workers(n: int) -> int:
@@ -251,9 +298,13 @@ def write_phantom(
     """
     check_phantom_args(kind, domain, size)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ConfigError(f"phantom: number of slices must be an integer >= 1, got {n!r}")
+        raise ConfigError(f"phantom: number of slices (--n) must be an integer >= 1, got {n!r}")
     if slices_per_patient < 1:
         raise ConfigError(f"phantom: slices_per_patient must be >= 1, got {slices_per_patient}")
+    check_seed(seed)
+    check_free_space(
+        out, estimated_bytes(n, size), f"phantom: --n {int(n)} slices of {size}x{size} px"
+    )
     workers = default_workers(int(n)) if workers is None else int(workers)
     samples = _samples(kind, int(n), size, domain, seed, slices_per_patient, workers)
     config = {

@@ -274,6 +274,40 @@ def remove_stale_staging(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+# What a `DatasetWriter` staging folder can hold: nothing else is ever in one.
+_DATASET_STAGING_ENTRIES = {"img", "mask", MANIFEST, DATASET_JSON}
+# What lesionforge writes into a dataset folder: the dataset, and `data export`'s VOC
+# and COCO files (`augment.io_boxes`). Anything else there is the user's.
+_DATASET_ENTRIES = _DATASET_STAGING_ENTRIES | {"voc", "annotations_coco.json", "coco"}
+
+
+def remove_stale_dataset_staging(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.NAME.partial-PID`` dataset staging folders in ``folder`` whose
+    process no longer runs, whatever NAME: an interrupted ``data phantom --out A`` is
+    cleaned by a later write of B beside it. Only folders holding nothing but what a
+    `DatasetWriter` stages (``img/``, ``mask/``, the manifest) are touched.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _STAGING_RE.match(entry.name)
+        if not m or not entry.name.rsplit(".", 1)[-1].startswith("partial-"):
+            continue
+        if entry.is_symlink() or not entry.is_dir() or _pid_alive(int(m["pid"])):
+            continue
+        try:
+            names = {e.name for e in entry.iterdir()}
+        except OSError:
+            continue
+        if names and names <= _DATASET_STAGING_ENTRIES and {"img", "mask"} <= names:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary name beside ``path``, then rename: never a half-written file."""
     path = Path(path)
@@ -294,6 +328,37 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def human_bytes(n: float) -> str:
+    """``1.2 GB``: decimal units, as ``df -H`` shows them."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"  # pragma: no cover
+
+
+def check_free_space(out: str | os.PathLike, needed: int, what: str) -> None:
+    """Refuse (`DataError`) before any work when ``needed`` bytes will not fit where ``out``
+    is written; ``what`` says what needs them (``"phantom: --n 500 slices of 128x128 px"``).
+
+    The free space is that of the nearest existing folder above ``out``; a folder that
+    cannot be asked is left to the write itself to report.
+    """
+    folder = Path(out).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return
+    free = usage.free
+    if usage.total and needed > free:  # total 0: a pseudo file system (/proc), no answer
+        raise DataError(
+            f"{what} need about {human_bytes(needed)} ({needed} bytes) but {folder} has "
+            f"{human_bytes(free)} ({free} bytes) free"
+        )
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
@@ -345,6 +410,7 @@ class DatasetWriter:
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_staging(self.out)
+            remove_stale_dataset_staging(self.out.parent)
             if self.staging.exists():
                 shutil.rmtree(self.staging)
             (self.staging / "img").mkdir(parents=True)
@@ -463,6 +529,18 @@ def check_replaceable(
             f"{out}: not {what}; --overwrite replaces only what lesionforge wrote "
             "(remove it yourself or choose another output folder)"
         )
+    if ours is is_dataset_folder:
+        foreign = sorted(
+            e.name
+            for e in out.iterdir()
+            if e.name not in _DATASET_ENTRIES and not _STAGING_RE.match(e.name)
+        )
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise DataError(
+                f"{out}: holds {foreign[0]!r}{more}, which lesionforge did not write; "
+                "--overwrite would delete it: move it out first or choose another output folder"
+            )
 
 
 def write_dataset(
@@ -499,17 +577,18 @@ def read_dataset(folder: str | os.PathLike) -> tuple[dict[str, Any], list[dict[s
             "use `lesionforge data import` for raw scans"
         )
     try:
-        info = json.loads(info_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        info = json.loads(_read_text(info_path))
+    except json.JSONDecodeError as e:
         raise DataError(f"{info_path}: corrupt JSON ({e})") from None
     if not isinstance(info, dict):
         raise DataError(f"{info_path}: expected a JSON object, got {_json_type(info)}")
+    _check_dataset_json(info, info_path)
     known = dataset_classes(info, info_path)
     if not manifest_path.exists():
         raise DataError(f"{manifest_path}: missing")
     records = []
     first_line: dict[str, int] = {}
-    for n, line in enumerate(manifest_path.read_text().splitlines(), 1):
+    for n, line in enumerate(_read_text(manifest_path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -518,7 +597,9 @@ def read_dataset(folder: str | os.PathLike) -> tuple[dict[str, Any], list[dict[s
             raise DataError(f"{manifest_path}:{n}: corrupt JSON line ({e})") from None
         problem = _record_problem(rec, known)
         if problem:
-            raise DataError(f"{manifest_path}:{n}: {problem}")
+            sid = rec.get("id") if isinstance(rec, dict) else None
+            named = f"record {sid!r}: " if isinstance(sid, str) and _ID_RE.match(sid) else ""
+            raise DataError(f"{manifest_path}:{n}: {named}{problem}")
         if rec["id"] in first_line:
             raise DataError(
                 f"{manifest_path}:{n}: id {rec['id']!r} already used on line {first_line[rec['id']]}"
@@ -527,7 +608,62 @@ def read_dataset(folder: str | os.PathLike) -> tuple[dict[str, Any], list[dict[s
         records.append(rec)
     if not records:
         raise DataError(f"{manifest_path}: no samples")
+    expected = info.get("n_samples")
+    if expected is not None and expected != len(records):
+        raise DataError(
+            f"{info_path}: n_samples is {json.dumps(expected)} but {MANIFEST} lists "
+            f"{len(records)} records (a hand-edited or mixed-up folder)"
+        )
     return info, records
+
+
+def _read_text(path: Path) -> str:
+    """A dataset folder's text file; binary or unreadable content is a `DataError`."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not UTF-8 text (binary or corrupt: byte {e.object[e.start]:#04x} at "
+            f"offset {e.start})"
+        ) from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _spacing_problem(value: Any) -> str | None:
+    """Why ``value`` is not a pixel spacing (null, or [row_mm, col_mm] > 0), or None."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(_is_number(v) and v > 0 for v in value)
+    ):
+        return (
+            f"'spacing' must be null or [row_mm, col_mm], two positive numbers, "
+            f"got {json.dumps(value)}"
+        )
+    return None
+
+
+def _check_dataset_json(info: dict[str, Any], where: Path) -> None:
+    """``dataset.json``'s own fields: a version this lesionforge reads, n_samples, spacing."""
+    version = info.get("format_version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise DataError(
+            f"{where}: format_version must be an integer >= 1, got {json.dumps(version)}"
+        )
+    if version > FORMAT_VERSION:
+        raise DataError(
+            f"{where}: format_version {version} was made by a newer lesionforge (this one reads "
+            f"up to {FORMAT_VERSION}); upgrade lesionforge"
+        )
+    n = info.get("n_samples")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise DataError(f"{where}: n_samples must be a count, got {json.dumps(n)}")
+    problem = _spacing_problem(info.get("spacing"))
+    if problem:
+        raise DataError(f"{where}: {problem}")
 
 
 def dataset_classes(info: dict[str, Any], where: str | os.PathLike = DATASET_JSON) -> set[int]:
@@ -578,6 +714,14 @@ def _record_problem(rec: Any, known: set[int]) -> str | None:
             return f"{key!r} must be a path relative to the folder, got {rel!r}"
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             return f"path {rel!r} leaves the dataset folder"
+    if "patient_id" in rec:  # absent: the sample is its own patient
+        pid = rec["patient_id"]
+        if not isinstance(pid, str) or not pid.strip():
+            return f"'patient_id' must be a non-empty string, got {json.dumps(pid)}"
+    if "spacing" in rec:
+        problem = _spacing_problem(rec["spacing"])
+        if problem:
+            return problem
     sha = rec.get("sha256")
     if sha is not None and not (
         isinstance(sha, dict) and all(isinstance(sha.get(k), str) for k in ("image", "mask"))
@@ -656,6 +800,15 @@ def load_sample(
         raise DataError(f"{mask_path}: cannot read mask PNG ({e})") from None
     if image.shape != mask.shape:
         raise DataError(f"{mask_path}: mask shape {mask.shape} differs from image shape {image.shape}")
+    if image.ndim == 2:
+        height, width = image.shape
+        for i, box in enumerate(record.get("boxes") or []):
+            x1, y1, x2, y2 = box
+            if x1 < 0 or y1 < 0 or x2 > width + 1e-3 or y2 > height + 1e-3:
+                raise DataError(
+                    f"{manifest}: record {record['id']!r}: box {i} {json.dumps(box)} lies outside "
+                    f"its {height}x{width} image {record['image']}"
+                )
     if not np.isfinite(image).all():
         raise DataError(f"{img_path}: contains NaN or infinite HU values")
     known = set(classes or ())

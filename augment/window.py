@@ -15,6 +15,13 @@ import numpy as np
 from augment.errors import ConfigError
 
 
+def _finite(value: Any) -> bool:
+    """A real, finite number (not a bool, string or None)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    return bool(np.isfinite(value))
+
+
 @dataclass(frozen=True)
 class Window:
     """A CT window, ``center``/``width`` in HU (radiology convention, e.g. brain 40/80)."""
@@ -23,8 +30,10 @@ class Window:
     width: float
 
     def __post_init__(self) -> None:
-        if not self.width > 0:
-            raise ConfigError(f"window width must be > 0, got {self.width}")
+        if not _finite(self.center):
+            raise ConfigError(f"window center must be a finite number of HU, got {self.center!r}")
+        if not (_finite(self.width) and self.width > 0):
+            raise ConfigError(f"window width must be a finite number of HU > 0, got {self.width!r}")
 
     @property
     def low(self) -> float:

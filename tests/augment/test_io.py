@@ -95,7 +95,9 @@ def test_anterior_up_and_patient_right_on_the_left(tmp_path):
         hu = np.zeros((48, 48, 2), np.float32)
         hu[voxel[0], voxel[1], :] = 1000
         write_nifti(tmp_path / name / f"{name}_ct.nii.gz", hu, affine=affine)
-        write_nifti(tmp_path / name / f"{name}_label.nii.gz", np.zeros((48, 48, 2), np.uint8))
+        write_nifti(
+            tmp_path / name / f"{name}_label.nii.gz", np.zeros((48, 48, 2), np.uint8), affine=affine
+        )
         _, _, samples = load_all(import_dataset(tmp_path / name, tmp_path / f"out_{name}"))
         assert samples[0].image[0, 0] == 1000 and samples[0].image.sum() == 1000
 
