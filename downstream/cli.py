@@ -133,32 +133,53 @@ def cmd_augment_preview(a: argparse.Namespace) -> None:
 
 def cmd_gan_train(a: argparse.Namespace) -> None:
     from augment.errors import ConfigError
+    from gan.presets import MAX_BATCH_SIZE
 
     for option, value, low in (("--steps", a.steps, 1), ("--batch-size", a.batch_size, 1),
                                ("--ckpt-every", a.ckpt_every, 0), ("--grid-every", a.grid_every, 0),
                                ("--seed", a.seed, 0)):
         if value is not None and value < low:
             raise ConfigError(f"{option} must be >= {low}, got {value}")
+    if a.batch_size is not None and a.batch_size > MAX_BATCH_SIZE:
+        raise ConfigError(
+            f"--batch-size must be <= {MAX_BATCH_SIZE}, got {a.batch_size} (the GAN papers train "
+            "at 1 to 128; a larger batch mostly runs out of memory)"
+        )
     from gan.base import get_generator, resolve_device
     from gan.presets import preset_text
-    from gan.trainer import run_training
+    from gan.trainer import resume_defaults, run_training
 
-    preset_name = a.preset
-    if preset_name == "auto":
-        preset_name = "paper" if resolve_device(a.device).type == "cuda" else "cpu"
-    preset = get_generator(a.model).presets[preset_name]
-    log.info("gan train %s: preset %s (%s)", a.model, preset_name, preset_text(preset))
+    steps, batch_size, base_config, default_batch = a.steps, a.batch_size, None, None
+    if a.resume and a.preset is None:
+        # The run's own settings: a resume needs no flags, whatever the presets are now.
+        own = resume_defaults(a.model, a.out)
+        base_config = own["config"]
+        steps = steps if steps is not None else own.get("steps")
+        batch_size = batch_size if batch_size is not None else own.get("batch_size")
+        log.info("gan train %s --resume: %s steps (%s), batch %s (%s), the run's model options",
+                 a.model, steps, "--steps" if a.steps is not None else "the run's",
+                 batch_size, "--batch-size" if a.batch_size is not None else "the run's")  # fmt: skip
+    if steps is None or batch_size is None or base_config is None:
+        preset_name = a.preset or "auto"
+        if preset_name == "auto":
+            preset_name = "paper" if resolve_device(a.device).type == "cuda" else "cpu"
+        preset = get_generator(a.model).presets[preset_name]
+        log.info("gan train %s: preset %s (%s)", a.model, preset_name, preset_text(preset))
+        steps = steps if steps is not None else preset["steps"]
+        default_batch = preset["batch_size"]
+        base_config = preset["config"] if base_config is None else base_config
     result = run_training(
         a.model,
         a.data,
         a.data_b,
         a.out,
-        steps=a.steps if a.steps is not None else preset["steps"],
-        batch_size=a.batch_size if a.batch_size is not None else preset["batch_size"],
+        steps=steps,
+        batch_size=batch_size,
+        default_batch_size=default_batch,
         seed=a.seed,
         device=a.device,
         config_file=a.config,
-        base_config=preset["config"],
+        base_config=base_config,
         progress=True,
         resume=a.resume,
         wandb=a.wandb,
@@ -388,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument(
         "--lesion-labels",
         help="label values kept as lesion: '2' (label 2 -> class 1), '1,2' (each its own class) "
-        "or '2:1,3:2' (source:class); default: every non-zero label is its own class",
+        "or '1:0,2:1' (source:class; a map must list every label, 0 drops one); default: every "
+        "non-zero label is its own class",
     )
     im.add_argument("--slices", default="all", choices=["all", "lesion", "nonempty"],
                     help="slices kept: all, those with a lesion, or those with any label (e.g. the liver)")
@@ -442,8 +464,23 @@ def build_parser() -> argparse.ArgumentParser:
     pv = aug.add_parser("preview", parents=[common], help="PNG grid: original vs augmented, mask overlay")
     pv.add_argument("--data", type=Path, required=True, help="dataset folder")
     pv.add_argument("--pipeline", default="standard", help="pipeline name or YAML file")
-    pv.add_argument("--n", type=_positive_int, default=4, help="number of slices (default: %(default)s)")
-    pv.add_argument("--n-aug", type=_positive_int, default=3, help="augmented versions per slice (default: %(default)s)")
+
+    def _figure_count(high: int):
+        """1..high: the preview is one figure, a row per slice and a column per draw."""
+
+        def parse(text: str) -> int:
+            n = _positive_int(text)
+            if n > high:
+                raise argparse.ArgumentTypeError(
+                    f"at most {high} (the preview is one figure), got {text!r}"
+                )
+            return n
+
+        return parse
+
+    pv.add_argument("--n", type=_figure_count(64), default=4, help="number of slices, 1..64 (default: %(default)s)")
+    pv.add_argument("--n-aug", type=_figure_count(16), default=3,
+                    help="augmented versions per slice, 1..16 (default: %(default)s)")
     pv.add_argument("--window", help="display window name (default from the data kind)")
     pv.add_argument("--out", type=_output_file, default=Path("augment_preview.png"), help="PNG file (default: %(default)s)")
     pv.set_defaults(func=cmd_augment_preview)
@@ -452,24 +489,31 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gan", help="train and evaluate generators").add_subparsers(
         dest="gan_command", required=True, metavar="SUBCOMMAND"
     )
-    from gan.presets import PRESETS, presets_help
+    from gan.presets import MAX_BATCH_SIZE, PRESETS, presets_help
 
     tr = g.add_parser("train", parents=[common, device], help="train dcgan, pix2pix or cyclegan",
                       epilog=presets_help())
     tr.add_argument("model", choices=list(PRESETS))
-    tr.add_argument("--preset", choices=["auto", "cpu", "paper"], default="auto",
-                    help="training size: steps, batch and network widths (below)")
+    tr.add_argument("--preset", choices=["auto", "cpu", "paper"],
+                    help="training size: steps, batch and network widths (below); with --resume "
+                    "the run's own unless given (default: auto)")
     tr.add_argument("--data", type=Path, required=True, help="training dataset folder (domain A for CycleGAN)")
     tr.add_argument("--data-b", type=Path, help="domain B dataset folder (CycleGAN)")
     tr.add_argument("--steps", type=int,
-                    help="total optimisation steps, >= 1; with --resume, train on up to this many (default: the preset's)")
-    tr.add_argument("--batch-size", type=int, help="(default: the preset's)")
+                    help="total optimisation steps, >= 1; with --resume, train on up to this many "
+                    "(default: the preset's; with --resume the run's own)")
+    tr.add_argument("--batch-size", type=int,
+                    help=f"slices (DCGAN: lesion ROIs) per step, 1..{MAX_BATCH_SIZE}; pix2pix and CycleGAN at most "
+                    "the slices they draw from (default: the preset's, lowered to that; with --resume "
+                    "the run's own)")
     tr.add_argument("--out", type=Path, required=True,
                     help="run folder: new, or one of an earlier run with --resume (a run is never replaced: "
                     "choose another --out to start over)")
     tr.add_argument("--config", type=Path,
                     help="YAML with model options: a `dcgan:`/`pix2pix:`/`cyclegan:` section, or the options at top level")
-    tr.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue from RUN/last.pt with the run's own steps, batch size and model "
+                    "options (no other flag needed; a larger --steps trains further)")
     tr.add_argument("--wandb", action="store_true", help="log to wandb (offline unless configured)")
     tr.add_argument("--ckpt-every", type=int, default=500,
                     help="write RUN/last.pt (and a numbered copy) every N steps; 0: only at the end (default: %(default)s)")
@@ -483,7 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-b", type=Path, help="true domain-B renderings (CycleGAN)")
     ev.add_argument("--fid-weights", type=Path, help="pytorch-fid Inception weights (pt_inception-2015-12-05-6726825d.pth)")
     ev.add_argument("--n", type=int, default=200, help="synthetic slices to evaluate, >= 2 (default: %(default)s)")
-    ev.add_argument("--out", type=Path, help="output folder (default: RUN/eval)")
+    ev.add_argument("--out", type=Path,
+                    help="output folder: new, empty, or an earlier `gan evaluate` output, which is "
+                    "replaced (nothing else is written into; default: RUN/eval)")
     ev.set_defaults(func=cmd_gan_evaluate)
 
     # Commands with nothing random in them take -v alone.

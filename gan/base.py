@@ -22,8 +22,9 @@ import io
 import os
 import pickle
 import re
+import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -115,6 +116,9 @@ class GanModule(nn.Module):
     # "paper": the paper's architecture and batch size (the Config defaults); "cpu": sized
     # to finish in minutes on a 2-core CPU (the demo's settings, measured there).
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Unpaired translation (CycleGAN) trains on a second domain (``data_b``, --data-b);
+    # every other model on one dataset.
+    needs_data_b: ClassVar[bool] = False
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
@@ -142,6 +146,33 @@ class GanModule(nn.Module):
         """``n`` labelled synthetic samples in HU, using ``hosts`` as the real slices that
         receive lesions (DCGAN, pix2pix) or are translated (CycleGAN)."""
         raise NotImplementedError
+
+    # ---- what a model may check before training (cheap: no network is built) ----
+    @classmethod
+    def check_data(
+        cls,
+        cfg: Any,
+        data: Sequence[Sample],
+        data_b: Sequence[Sample] | None,
+        *,
+        folder: str = "data",
+        folder_b: str = "data_b",
+    ) -> None:
+        """Refuse training data ``cfg`` cannot train on, before anything is built.
+
+        E.g. slices smaller than the networks' depth allows, or two domains of other
+        sizes: a `ConfigError` (an option does not fit the data) or `DataError` naming
+        the option, the folder (``folder``, ``folder_b``) and the size. The default
+        accepts everything; ``prepare`` still checks what it needs.
+        """
+
+    @classmethod
+    def batch_limit(
+        cls, cfg: Any, data: Sequence[Sample], data_b: Sequence[Sample] | None
+    ) -> tuple[int, str] | None:
+        """The largest batch worth drawing from this data, and what it counts (a text
+        such as ``"lesion slices"``); None: no bound but the trainer's `MAX_BATCH_SIZE`."""
+        return None
 
     # ---- plumbing owned by the base -----------------------------------------
     @property
@@ -366,7 +397,11 @@ def load_torch_data(path: str | os.PathLike, what: str = "a lesionforge checkpoi
     try:
         if path.stat().st_size == 0:
             raise CheckpointError(f"{path}: not {what} (empty file)")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # torch warns (on two lines) about pickle protocols before it fails: the one-line
+        # error below says all there is to say.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
     except OSError as e:
@@ -438,7 +473,38 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if not ok(ckpt[key]):
             shown = show_value(ckpt[key]) if not isinstance(ckpt[key], dict) else "another mapping"
             raise CheckpointError(f"{path}: checkpoint field {key!r} must be {what}, got {shown}")
+    check_finite(ckpt, path)
     return ckpt
+
+
+def _tensors(value: Any, prefix: str) -> Iterator[tuple[str, Tensor]]:
+    """``(name, tensor)`` for every tensor in nested dicts/lists (an optimizer state)."""
+    if isinstance(value, Tensor):
+        yield prefix, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _tensors(v, f"{prefix}[{i}]")
+
+
+def check_finite(ckpt: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose weights (or optimizer state) hold NaN or inf.
+
+    Such weights make every synthetic slice NaN, or a resumed run diverge at its first
+    step: name the checkpoint and the first bad tensor now, not a sample later.
+    """
+    for where in ("state_dict", "optimizers"):
+        for name, t in _tensors(ckpt.get(where) or {}, ""):
+            if t.is_floating_point() or t.is_complex():
+                bad = ~torch.isfinite(t)
+                if bool(bad.any()):
+                    raise CheckpointError(
+                        f"{path}: {'weight' if where == 'state_dict' else 'optimizer state'} "
+                        f"{name!r} holds {int(bad.sum())} NaN/inf value(s) of {t.numel()} "
+                        "(a diverged run or a damaged file); use an earlier checkpoint"
+                    )
 
 
 def file_sha256(path: str | os.PathLike) -> str:

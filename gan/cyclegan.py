@@ -32,7 +32,7 @@ from augment.errors import ConfigError, DataError
 from augment.sample import Sample
 from augment.window import Window
 from gan.base import GanModule, register_generator
-from gan.networks.patchgan import NLayerDiscriminator
+from gan.networks.patchgan import NLayerDiscriminator, check_depth
 from gan.networks.resnet import N_DOWNSAMPLING, ResnetGenerator, init_normal_
 from gan.presets import PRESETS
 
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 DIRECTIONS = ("AB", "BA")
 _MULTIPLE = 2**N_DOWNSAMPLING  # generator inputs are padded to a multiple of this
+# The generator's residual blocks and instance norms need at least 2x2 pixels after its
+# N_DOWNSAMPLING halvings.
+MIN_SIDE = 2 * _MULTIPLE
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ class CycleGAN(GanModule):
 
     Config = CycleGANConfig
     presets = PRESETS["cyclegan"]
+    needs_data_b = True
 
     def __init__(self, cfg: CycleGANConfig | None = None) -> None:
         cfg = cfg if cfg is not None else CycleGANConfig()
@@ -202,6 +206,65 @@ class CycleGAN(GanModule):
         self.steps_done = int(state)
 
     # ---- training --------------------------------------------------------------
+    @classmethod
+    def check_data(
+        cls,
+        cfg: CycleGANConfig,
+        data: Sequence[Sample],
+        data_b: Sequence[Sample] | None,
+        *,
+        folder: str = "data",
+        folder_b: str = "data_b",
+    ) -> None:
+        """One slice size in both domains, and one the networks can take: sides that are
+        multiples of 4 and >= `MIN_SIDE` (the generator's two fixed 2x downsamplings),
+        and a discriminator no deeper than the slices allow (``n_layers_d``)."""
+        if not data_b:
+            raise DataError(
+                "cyclegan: unpaired training needs domain B slices; give their dataset "
+                "folder (--data-b)"
+            )
+        shapes = {}
+        for where, domain, samples in ((folder, "A", data), (folder_b, "B", data_b)):
+            found = sorted({s.image.shape for s in samples})
+            if len(found) > 1:
+                raise DataError(
+                    f"{where}: domain {domain} slices of several sizes ({found[0]} and "
+                    f"{found[1]}); resample them to one size first"
+                )
+            shapes[domain] = found[0] if found else None
+        a, b = shapes["A"], shapes["B"]
+        if a is not None and b is not None and a != b:
+            raise DataError(
+                f"{folder_b}: domain B slices are {b[0]}x{b[1]} px, but the domain A slices "
+                f"of {folder} are {a[0]}x{a[1]} px; CycleGAN translates between slices of one "
+                "size: import both at one --size"
+            )
+        shape = a or b
+        if shape is None:
+            return
+        if shape[0] % _MULTIPLE or shape[1] % _MULTIPLE or min(shape) < MIN_SIDE:
+            raise DataError(
+                f"{folder}: slices are {shape[0]}x{shape[1]} px; CycleGAN's generator halves "
+                f"them {N_DOWNSAMPLING} times, so sides must be multiples of {_MULTIPLE} and at "
+                f"least {MIN_SIDE} px"
+            )
+        too_deep = check_depth(cfg.n_layers_d, min(shape), of=folder)
+        if too_deep:
+            raise ConfigError(f"cyclegan: {too_deep}")
+
+    @classmethod
+    def batch_limit(
+        cls, cfg: CycleGANConfig, data: Sequence[Sample], data_b: Sequence[Sample] | None
+    ) -> tuple[int, str] | None:
+        """Each domain's slices are drawn independently: a batch larger than the smaller
+        domain repeats its slices in every step."""
+        if not data_b:
+            return None
+        if len(data_b) < len(data):
+            return len(data_b), "domain B slices (--data-b)"
+        return len(data), "domain A slices"
+
     def _to_tensor(self, samples: Sequence[Sample], domain: str) -> Tensor:
         shape = samples[0].image.shape
         for s in samples:

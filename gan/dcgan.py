@@ -235,6 +235,31 @@ class DCGAN(GanModule):
         self._classes: Tensor | None = None
 
     # ---- training ------------------------------------------------------------
+    @classmethod
+    def check_data(
+        cls,
+        cfg: DCGANConfig,
+        data: Sequence[Sample],
+        data_b: Sequence[Sample] | None,
+        *,
+        folder: str = "data",
+        folder_b: str = "data_b",
+    ) -> None:
+        """Refuse a ``roi_size`` larger than the slices: a training ROI would be mostly
+        padding, and no generated ROI could be pasted into a slice of that size."""
+        if not data:
+            return
+        h, w = min((s.image.shape for s in data), key=min)
+        side = min(h, w)
+        if cfg.roi_size <= side:
+            return
+        fits = 2 ** (side.bit_length() - 1)
+        fix = f"use roi_size <= {fits}" if fits >= 8 else "use slices of at least 8 px"
+        raise ConfigError(
+            f"dcgan: roi_size = {cfg.roi_size} is larger than the {h}x{w} px slices of {folder} "
+            f"(lesion ROIs are cut from them and pasted into them); {fix}"
+        )
+
     def prepare(self, data: Sequence[Sample], data_b: Sequence[Sample] | None = None) -> None:
         """Crop one ROI per lesion component of ``data``; record class frequencies."""
         if data_b is not None:

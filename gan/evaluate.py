@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import numbers
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ from augment.sample import (
     sha256_file,
     to_jsonable,
     versions,
+    write_bytes_atomic,
     write_json_atomic,
 )
 from augment.viz import save_figure
@@ -61,6 +64,18 @@ log = logging.getLogger(__name__)
 COPY_THRESHOLD = 0.95  # nearest-training SSIM at or above which a sample counts as a copy
 PIXEL_SIDE = 16  # side of the downsampled images behind the pixel distances
 PAIRS_SHOWN = 8
+
+# An evaluation output folder: ``metrics.json`` says this as its ``format``, and the
+# marker file (written first, before any result) says it while the results are written.
+EVAL_FORMAT = "lesionforge-gan-evaluation/1"
+EVAL_MARKER = ".lesionforge-evaluation"
+# Every file `evaluate_run` writes into its output folder.
+EVAL_FILES = (
+    EVAL_MARKER, "metrics.json", "details.json", "summary.png", "grid.png", "memorisation_pairs.png"
+)
+_STAGING = re.compile(r"^\..+\.(tmp|partial|old)-\d+$")
+# Keys every metrics.json of `evaluate_run` holds, also those written before EVAL_FORMAT.
+_EVAL_KEYS = {"checkpoint", "checkpoint_sha256", "step", "config", "versions"}
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -540,6 +555,8 @@ def evaluate_generator(
         patch_px=patch_px,
     )
     out.mkdir(parents=True, exist_ok=True)
+    # First: marks the folder as an evaluation's, so a later one may replace it.
+    write_bytes_atomic(out / EVAL_MARKER, (json.dumps({"format": EVAL_FORMAT}) + "\n").encode())
     mem["pairs_png"] = _pairs_png(out / "memorisation_pairs.png", arrays, window)
     result["memorisation"] = mem
     result["memorisation_png"] = mem["pairs_png"]
@@ -636,6 +653,41 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _is_evaluation_record(path: Path) -> bool:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and (doc.get("format") == EVAL_FORMAT or _EVAL_KEYS <= doc.keys())
+
+
+def check_evaluation_out(out: Path) -> None:
+    """Refuse an output folder `evaluate_run` must not write into, before any work.
+
+    Accepted: a new folder, an empty one, or the output of an earlier evaluation (its
+    marker file, or a ``metrics.json`` lesionforge wrote, and none but `EVAL_FILES`),
+    which is replaced. Anything else (a dataset, a run folder, the user's own files)
+    is refused: the evaluation would overwrite ``metrics.json`` and the PNGs there.
+    """
+    if out.is_symlink() and not out.exists() or out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; choose another --out")
+    if not out.is_dir():
+        return
+    names = sorted(p.name for p in out.iterdir())
+    foreign = [n for n in names if n not in EVAL_FILES and not _STAGING.match(n)]
+    ours = (out / EVAL_MARKER).is_file() or (
+        (out / "metrics.json").is_file() and _is_evaluation_record(out / "metrics.json")
+    )
+    if not names or (ours and not foreign):
+        return
+    shown = foreign or [n for n in names if not _STAGING.match(n)]
+    listed = ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
+    raise DataError(
+        f"{out}: not a gan evaluate output (it holds {listed}); choose another --out "
+        "(a new or empty folder, or an earlier evaluation's, which is replaced)"
+    )
+
+
 def evaluate_run(
     run: str | os.PathLike,
     data: str | os.PathLike,
@@ -674,8 +726,7 @@ def evaluate_run(
             raise ConfigError(f"evaluate: {name} must be >= {low}, got {value!r}")
     ckpt = resolve_checkpoint(run)
     out = Path(out) if out is not None else ckpt.parent / "eval"
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder; choose another output folder")
+    check_evaluation_out(out)
     found_weights = None
     if fid_weights is not None:
         found_weights, searched = q.find_fid_weights(fid_weights)
@@ -746,6 +797,7 @@ def evaluate_run(
     leaked = [h.id for h in heldout if hashlib.sha256(h.image.tobytes()).digest() in seen]
     record = {
         **metrics,
+        "format": EVAL_FORMAT,
         "checkpoint": str(ckpt.resolve()),
         "checkpoint_sha256": sha256_file(ckpt),
         "step": step,
@@ -783,6 +835,8 @@ def evaluate_run(
 
 __all__ = [
     "COPY_THRESHOLD",
+    "EVAL_FORMAT",
+    "check_evaluation_out",
     "evaluate_generator",
     "evaluate_run",
     "memorisation",

@@ -48,7 +48,7 @@ from augment.errors import CheckpointError, ConfigError, DataError
 from augment.sample import Sample
 from augment.window import Window
 from gan.base import GanModule, register_generator
-from gan.networks.patchgan import NORMS, NLayerDiscriminator
+from gan.networks.patchgan import NORMS, NLayerDiscriminator, check_depth
 from gan.networks.resnet import init_normal_
 from gan.networks.unet import MIN_DOWNS, UnetGenerator
 from gan.pix2pix_masks import MaskBank, build_bank, condition, erase, place_lesions
@@ -144,6 +144,9 @@ class Pix2PixConfig:
                 raise bad(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.norm not in NORMS:
             raise bad(f"norm must be one of {NORMS}, got {self.norm!r}")
+        too_deep = check_depth(self.n_layers_d, self.size)
+        if too_deep:
+            raise bad(too_deep)
         if self.lambda_l1 < 0 or self.l1_lesion_weight < 0:
             raise bad("lambda_l1 and l1_lesion_weight must be >= 0")
         lo, hi = self.lesions_range
@@ -245,6 +248,36 @@ class Pix2Pix(GanModule):
         )
 
     # ---- inputs ------------------------------------------------------------------
+    @classmethod
+    def check_data(
+        cls,
+        cfg: Pix2PixConfig,
+        data: Sequence[Sample],
+        data_b: Sequence[Sample] | None,
+        *,
+        folder: str = "data",
+        folder_b: str = "data_b",
+    ) -> None:
+        """Every slice ``size`` x ``size`` (the network depth vs size is checked by the
+        config itself); the first other one is named."""
+        odd = next((s for s in data if s.image.shape != (cfg.size, cfg.size)), None)
+        if odd is not None:
+            h, w = odd.image.shape
+            raise DataError(
+                f"pix2pix: size = {cfg.size}, but slice {odd.id} of {folder} is {h}x{w} px; "
+                "set size to the slices' side, or resample them to one size (data import --size)"
+            )
+
+    @classmethod
+    def batch_limit(
+        cls, cfg: Pix2PixConfig, data: Sequence[Sample], data_b: Sequence[Sample] | None
+    ) -> tuple[int, str] | None:
+        """The training pairs `prepare` makes: a larger batch repeats whole slices in
+        every step (more memory, nothing more to learn from)."""
+        if cfg.train_on_lesion_free:
+            return len(data), "training slices"
+        return sum(1 for s in data if s.has_lesion), "lesion slices (its training pairs)"
+
     def _check(self, s: Sample, what: str) -> None:
         where = s.meta.get("source") or s.id or "sample"
         size = self.cfg.size

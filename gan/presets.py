@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# The largest batch `gan train` accepts (`gan.trainer.TrainConfig`): the papers train at 1
+# (pix2pix, CycleGAN) to 128 (DCGAN); far beyond that a batch only runs out of memory.
+MAX_BATCH_SIZE = 1024
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "dcgan": {
         "paper": {"steps": 1000, "batch_size": 64, "config": {}},

@@ -13,19 +13,72 @@ import dataclasses
 import logging
 import numbers
 import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from augment.errors import CheckpointError, ConfigError, DataError
-from augment.sample import DatasetWriter, check_replaceable, read_dataset, to_jsonable
+from augment.sample import DatasetWriter, Sample, check_replaceable, read_dataset, to_jsonable
 from gan.base import GanModule, file_sha256, read_checkpoint, resolve_checkpoint, resolve_device
 from gan.train_data import load_samples
 
 log = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("voc", "coco")
+# Per synthetic slice on disk: its .npy image (float32 + header) and PNG mask, each in
+# whole file-system blocks, and its manifest record (meta with placements and the model
+# config); and per dataset (dataset.json, the folders).
+_BLOCK = 4096
+_NPY_HEADER = 128
+_MASK_BYTES_PER_PIXEL = 0.25  # a PNG mask of mostly zeros: at most this
+_RECORD_BYTES = 2048
+_DATASET_BYTES = 1 << 20
+
+
+def _blocks(n_bytes: float) -> int:
+    return -(-int(n_bytes) // _BLOCK) * _BLOCK
+
+
+def estimate_bytes(n: int, hosts: Sequence[Sample]) -> int:
+    """About how many bytes ``n`` synthetic slices take on disk, each the size of the
+    largest host: its float32 image, its mask and its manifest record."""
+    pixels = max((int(s.image.shape[0]) * int(s.image.shape[1]) for s in hosts), default=0)
+    image = _blocks(pixels * 4 + _NPY_HEADER)
+    mask = _blocks(pixels * _MASK_BYTES_PER_PIXEL + 100)
+    return n * (image + mask + _RECORD_BYTES) + _DATASET_BYTES
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if n_bytes < 1000 or unit == "PB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    raise AssertionError
+
+
+def check_disk_space(out: Path, n: int, hosts: Sequence[Sample]) -> None:
+    """Refuse ``n`` slices that cannot fit in the free space where ``out`` is written.
+
+    Raises:
+        DataError: naming ``out``, the estimate and the free space, before any slice is made.
+    """
+    where = Path(os.path.abspath(out)).parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return  # not measurable here: the write itself reports a full disk
+    need = estimate_bytes(n, hosts)
+    if need > free:
+        h, w = max((s.image.shape for s in hosts), key=lambda shape: shape[0] * shape[1])
+        raise DataError(
+            f"{out}: --n {n} synthetic slices of {h}x{w} px need about {_size(need)}, but "
+            f"{where} has {_size(free)} free; use a smaller --n or another --out"
+        )
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -103,6 +156,7 @@ def synthesize_dataset(
     host_samples = load_samples(host_dir)
     if not host_samples:
         raise DataError(f"{host_dir}: no slices to use as hosts")
+    check_disk_space(out, n, host_samples)
     train_step = ckpt["step"]
     # An export names the full checkpoint it came from, so the dataset traces back to the run.
     source_sha = ckpt.get("export", {}).get("source_sha256")
@@ -169,4 +223,4 @@ def synthesize_dataset(
     return out
 
 
-__all__ = ["chunk_seed", "hosts_folder", "synthesize_dataset"]
+__all__ = ["check_disk_space", "chunk_seed", "estimate_bytes", "hosts_folder", "synthesize_dataset"]

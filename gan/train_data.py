@@ -46,6 +46,23 @@ def describe_data(data: Sequence[Sample], data_b: Sequence[Sample] | None) -> di
     return info
 
 
+def dataset_domain(info: dict[str, Any], samples: Sequence[Sample]) -> str | None:
+    """The scanner/protocol domain a dataset says it is (``A``, ``B``...), or None.
+
+    From its ``dataset.json`` (``domain``, or the phantom's ``config.domain``), else the
+    one ``domain`` all its slices' records share.
+    """
+    for value in (info.get("domain"), (info.get("config") or {}).get("domain")):
+        if isinstance(value, str) and value:
+            return value
+    found = {s.meta.get("domain") for s in samples}
+    if len(found) == 1:
+        value = found.pop()
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def load_samples(folder: str | os.PathLike) -> list[Sample]:
     """Every slice of a dataset folder, in manifest order."""
     folder = Path(folder)

@@ -35,7 +35,7 @@ import yaml
 from torch import Tensor
 
 from augment.config_types import check_fields
-from augment.errors import CheckpointError, ConfigError, LesionforgeError
+from augment.errors import CheckpointError, ConfigError, DataError, LesionforgeError
 from augment.sample import (
     Sample,
     read_dataset,
@@ -56,9 +56,11 @@ from gan.base import (
 )
 from gan.logging_sinks import JsonlSink, LossMonitor, NonFiniteLossError, Sinks, WandbSink
 from gan.networks.small_maps import use_gemm_for_small_maps
+from gan.presets import MAX_BATCH_SIZE
 from gan.train_data import (
     anatomy_kind,
     data_defaults,
+    dataset_domain,
     describe_data,
     load_model_config,
     load_samples,
@@ -136,6 +138,11 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train: {name} must be >= 1, got {getattr(self, name)}")
+        if int(self.batch_size) > MAX_BATCH_SIZE:
+            raise ConfigError(
+                f"train: batch_size must be <= {MAX_BATCH_SIZE}, got {self.batch_size} "
+                "(the GAN papers train at 1 to 128; a larger batch mostly runs out of memory)"
+            )
 
 
 def torch_seed(seed: int, step: int) -> int:
@@ -255,7 +262,8 @@ def _check_resume(
         if key in train_cfg and train_cfg[key] != getattr(cfg, key):
             raise CheckpointError(
                 f"{path}: was trained with {key}={train_cfg[key]}, not {getattr(cfg, key)}; "
-                "an exact resume needs the same value"
+                f"an exact resume needs the same value (leave out --{key.replace('_', '-')}: "
+                "a resume takes the run's own)"
             )
 
 
@@ -393,6 +401,11 @@ def train(
     ckpt_path = out / RUN_CHECKPOINT
     check_run_folder(out, resume=cfg.resume, overwrite=cfg.overwrite)
     device = resolve_device(cfg.device)
+    where = data_info or {}
+    module.check_data(
+        module.cfg, data, data_b,
+        folder=where.get("folder") or "data", folder_b=where.get("folder_b") or "data_b",
+    )  # fmt: skip
     info = {**(data_info or {}), **describe_data(data, data_b)}
     resume_from: dict[str, Any] | None = None
     if cfg.resume:
@@ -498,7 +511,13 @@ def train(
         sinks.close()
         torch.backends.cudnn.benchmark = bench_flag
     if start >= cfg.steps:
-        log.info("%s: already trained for %d steps; nothing to do", out, start)
+        if start > cfg.steps:
+            log.warning(
+                "%s: already trained for %d steps, more than the %d asked for (--steps); nothing "
+                "to do (the checkpoint is kept as it is)", out, start, cfg.steps,
+            )  # fmt: skip
+        else:
+            log.info("%s: already trained for %d steps; nothing to do", out, start)
         sha = file_sha256(ckpt_path)
     return {
         "step": done,
@@ -534,24 +553,36 @@ def run_training(
     out: str | os.PathLike,
     *,
     steps: int,
-    batch_size: int,
+    batch_size: int | None,
     seed: int = 0,
     device: str = "auto",
     model_config: dict[str, Any] | None = None,
     config_file: str | os.PathLike | None = None,
     base_config: dict[str, Any] | None = None,
+    default_batch_size: int | None = None,
     **train_options: Any,
 ) -> dict[str, Any]:
     """Train generator ``model`` on dataset folders: what ``lesionforge train`` calls.
 
-    Model options: ``base_config`` (a preset's, `GanModule.presets`), then
-    ``config_file`` (YAML, see `load_model_config`), then ``model_config`` on top;
-    ``anatomy``, ``window`` and ``n_classes`` default to what the dataset says (kind and
-    classes in its ``dataset.json``). ``train_options`` are further `TrainConfig` fields
-    (``resume``, ``ckpt_every``, ``wandb``...).
+    Model options: ``base_config`` (a preset's, `GanModule.presets`, or on resume the
+    run's own, `resume_defaults`), then ``config_file`` (YAML, see `load_model_config`),
+    then ``model_config`` on top; ``anatomy``, ``window`` and ``n_classes`` default to
+    what the dataset says (kind and classes in its ``dataset.json``). ``train_options``
+    are further `TrainConfig` fields (``resume``, ``ckpt_every``, ``wandb``...).
+
+    ``batch_size`` None takes ``default_batch_size`` (a preset's), lowered (with a
+    warning) to what the model can draw from the data (`GanModule.batch_limit`); a
+    ``batch_size`` given above that bound is refused. Before any network is built the
+    model checks that its options fit the data (`GanModule.check_data`: slice size vs
+    network depth, one size in both domains), and ``data_b`` must not be ``data``.
     """
     # Everything that can be checked without the data first: options, device, run folder.
     cls = get_generator(model)
+    given_batch = batch_size is not None
+    if batch_size is None:
+        if default_batch_size is None:
+            raise ConfigError("train: give batch_size (or default_batch_size)")
+        batch_size = default_batch_size
     cfg = config_from_dict(
         TrainConfig,
         {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device, "out": out}
@@ -565,15 +596,59 @@ def run_training(
     check_fields(cls.Config, user_values, source=source)
     check_run_folder(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
 
+    if data_b is not None and not cls.needs_data_b:
+        raise ConfigError(
+            f"--data-b {data_b}: {model} learns from one dataset (--data); a second domain "
+            "is for cyclegan"
+        )
+    if data_b is None and cls.needs_data_b:
+        raise ConfigError(
+            f"{model} learns a translation between two domains: give the domain B dataset "
+            "folder with --data-b"
+        )
     data = Path(data)
+    if data_b is not None and _same_folder(data, Path(data_b)):
+        raise DataError(
+            f"{data_b}: --data-b is the same folder as --data ({data}); {model} learns a "
+            "translation between two domains (A -> B): give a dataset of the other domain"
+        )
     info, _ = read_dataset(data)
     samples = load_samples(data)
-    samples_b = load_samples(data_b) if data_b is not None else None
+    samples_b = None
+    if data_b is not None:
+        info_b, _ = read_dataset(data_b)
+        samples_b = load_samples(data_b)
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     values = data_defaults(fields, info, samples)
     values.update(user_values)
     require_anatomy(fields, values, data, model, "set `anatomy:` in --config")
     model_cfg = config_from_dict(cls.Config, values, source=source)
+    folder_b = str(data_b) if data_b is not None else "data_b"
+    try:
+        cls.check_data(model_cfg, samples, samples_b, folder=str(data), folder_b=folder_b)
+    except ConfigError as e:  # an option that does not fit the data: name where it was set
+        if source is None:
+            raise
+        raise ConfigError(f"{source}: {e}") from None
+    if data_b is not None:
+        domain = dataset_domain(info, samples)
+        if domain is not None and domain == dataset_domain(info_b, samples_b or []):
+            log.warning(
+                "%s and %s both say they are domain %s (dataset.json): %s may learn no domain "
+                "shift between them", data, data_b, domain, model,
+            )  # fmt: skip
+    limit = None if cfg.resume else cls.batch_limit(model_cfg, samples, samples_b)
+    if limit is not None and 1 <= limit[0] < cfg.batch_size:
+        n, what = limit
+        if given_batch:
+            where = f"{data} and {data_b}" if data_b is not None else str(data)
+            raise ConfigError(
+                f"--batch-size {cfg.batch_size}: {model} draws whole slices, and {where} has only "
+                f"{n} {what}; a larger batch repeats slices in every step (more memory, nothing "
+                f"more to learn from): use --batch-size <= {n}"
+            )
+        log.warning("%s: batch size %d lowered to %d, the %s in %s", model, cfg.batch_size, n, what, data)
+        cfg = dataclasses.replace(cfg, batch_size=n)
     torch.manual_seed(init_seed(seed))  # initial weights follow the seed too
     module = cls(model_cfg)
     data_info = {
@@ -586,11 +661,51 @@ def run_training(
     return train(module, samples, samples_b, cfg, data_info=data_info)
 
 
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def resume_defaults(model: str, out: str | os.PathLike) -> dict[str, Any]:
+    """What ``gan train --resume`` defaults to: the run's own model options (``config``),
+    ``steps`` and ``batch_size``, as its checkpoint recorded them (``steps`` and
+    ``batch_size`` are absent where an older checkpoint did not record them).
+
+    So resuming needs no flags, whatever presets have become since the run started.
+
+    Raises:
+        CheckpointError: no ``out/last.pt``, a damaged one, another model's, or options
+            this version does not know.
+    """
+    out = Path(out)
+    check_run_folder(out, resume=True)
+    path = out / RUN_CHECKPOINT
+    ckpt = read_checkpoint(path)
+    cls = get_generator(model)
+    if ckpt["model"] != cls.name:
+        raise CheckpointError(f"{path}: is a {ckpt['model']} run, cannot resume it as {cls.name}")
+    try:
+        config_from_dict(cls.Config, ckpt["config"], source=f"{path}: config")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    found: dict[str, Any] = {"config": dict(ckpt["config"])}
+    recorded = ckpt.get("train") or {}
+    for key in ("steps", "batch_size"):
+        value = recorded.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            found[key] = value
+    return found
+
+
 __all__ = [
+    "MAX_BATCH_SIZE",
     "NonFiniteLossError",
     "TrainConfig",
     "check_run_folder",
     "init_seed",
+    "resume_defaults",
     "run_training",
     "remove_stale_run_files",
     "save_progress_grid",

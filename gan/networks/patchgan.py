@@ -79,6 +79,34 @@ class NLayerDiscriminator(nn.Module):
         return self.model(x)
 
 
+def max_layers(side: int) -> int:
+    """The largest ``n_layers`` an `NLayerDiscriminator` can have on ``side``-pixel inputs
+    (0: none fits).
+
+    Each stride-2 layer halves the map (rounding down) and the two stride-1 layers at the
+    end take one pixel each, so ``side // 2**n_layers`` must be at least 3 for a map of
+    logits to remain.
+    """
+    n = 0
+    while side // 2 ** (n + 1) >= 3:
+        n += 1
+    return n
+
+
+def check_depth(n_layers: int, side: int, *, option: str = "n_layers_d", of: str = "") -> str | None:
+    """Why an ``n_layers`` PatchGAN cannot judge ``side``-pixel slices (None: it can);
+    ``of`` names where the slices are from."""
+    most = max_layers(side)
+    if n_layers <= most:
+        return None
+    fix = f"use {option} <= {most}" if most else "use larger slices"
+    where = f" of {of}" if of else ""
+    return (
+        f"{option} = {n_layers} is too deep for the {side} px slices{where} (the discriminator's "
+        f"map of logits would shrink to nothing); {fix}"
+    )
+
+
 def receptive_field(net: nn.Module) -> int:
     """Side in pixels of the input patch that one output of a plain conv stack sees.
 
