@@ -105,7 +105,7 @@ def _checked(value: Any, tp: Any, where: str) -> Any:
             try:
                 return _checked(value, option, where)
             except ConfigError:
-                pass
+                continue  # not this option: try the next
         raise ConfigError(f"{where}: expected {_describe(tp)}, got {show_value(value)}")
     if origin is typing.Literal:
         if value in args and type(value) in {type(a) for a in args}:

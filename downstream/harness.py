@@ -38,6 +38,7 @@ from augment.sample import (
     write_json_atomic,
 )
 from downstream.config import Experiment, GeneratorSpec, load_experiment
+from gan.base import get_generator
 
 log = logging.getLogger(__name__)
 
@@ -313,11 +314,11 @@ def run_compare(
         for g in used:
             spec = exp.generators[g]
             unl_b = None
-            if g == "cyclegan":
+            if get_generator(g).needs_data_b:  # unpaired translation: the target domain's slices
                 unl_b = splits.target_train
                 if unl_b is None:
-                    raise DataError("the cyclegan strategy needs a target domain (data.target_domain or target_folder)")
-                splits.assert_unseen("CycleGAN domain-B training data", unl_b)
+                    raise DataError(f"the {g} strategy needs a target domain (data.target_domain or target_folder)")
+                splits.assert_unseen(f"{g} domain-B training data", unl_b)
             bar.set_postfix_str(f"training {g} (budget {budget}, seed {s})")
             ckpt, ginfo = generator_run(g, spec, labelled, unl_b, seed=s, root=out / "generators",
                                         device=device, kind=kind)
