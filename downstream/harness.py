@@ -42,9 +42,9 @@ from gan.base import get_generator
 
 log = logging.getLogger(__name__)
 
-HARNESS_VERSION = 4  # bump when a change makes cached runs stale (3: U-Net prior head, Dice over
+HARNESS_VERSION = 5  # bump when a change makes cached runs stale (3: U-Net prior head, Dice over
 # patients with a lesion, pix2pix subtype placement, small-map GEMM in generator training; 4: the
-# patch/poly/validation recipe, per-patient metrics, unet-backbone detector from the segmenter)
+# patch/poly/validation recipe, per-patient metrics, unet-backbone detector from the segmenter; 5: checkpoint chosen by the smoothed validation metric)
 
 
 def config_hash(obj: Any) -> str:

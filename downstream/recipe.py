@@ -8,9 +8,12 @@
   nnU-Net forces one third of every batch to contain foreground (Isensee et al. 2021).
 * **Poly learning-rate schedule** ``lr · (1 − t/T)^0.9`` (`poly_lr`), nnU-Net's default.
 * **Checkpoint chosen on the validation split** (`Validator`): every ``val_every`` steps
-  the model predicts the validation slices whole and the best state by the validation
-  metric is kept; its curve is recorded, and a run whose metric was still rising at the
-  end is flagged ``undertrained`` (`still_rising`).
+  the model predicts the validation slices whole and the state with the best
+  *exponentially smoothed* validation metric is kept (nnU-Net keeps its best checkpoint
+  by an EMA of the validation pseudo-Dice for the same reason: a validation split of a few
+  patients has lucky spikes, and a spike early in training is not the best model); the raw
+  curve is recorded, and a run whose metric was still rising at the end is flagged
+  ``undertrained`` (`still_rising`).
 
 Randomness is per item (``default_rng([seed, 1, i])``), as in `augment.datasets`, so the
 batches do not depend on DataLoader workers.
@@ -30,6 +33,10 @@ from augment.errors import ConfigError
 from augment.sample import Sample
 
 RISING_MARGIN = 0.02  # absolute gain of the validation metric that counts as "still rising"
+# Weight of the past in the validation EMA the checkpoint is chosen by. nnU-Net uses 0.9 per
+# epoch over ~1000 epochs; our runs have 8-25 evaluations, so 0.5 (a half-life of one
+# evaluation): it damps a single-evaluation spike by half and lags a real rise by ~1 point.
+VAL_SMOOTHING = 0.5
 
 
 def poly_lr(base_lr: float, step: int, total: int, exponent: float = 0.9) -> float:
@@ -110,13 +117,21 @@ class Validator:
 
     ``evaluate(model) -> float`` scores the model on the validation split (higher is
     better). Call `step` every ``every`` training steps and at the last one; `restore`
-    loads the best state back into the model.
+    loads the best state back into the model. The state kept is the one where the
+    exponential moving average of the metric (weight ``smoothing`` on the past; 0 = the raw
+    metric) peaked, so that one lucky evaluation does not choose the model.
     """
 
-    def __init__(self, evaluate: Callable[[torch.nn.Module], float] | None, every: int) -> None:
-        self.evaluate, self.every = evaluate, max(int(every), 1)
+    def __init__(
+        self, evaluate: Callable[[torch.nn.Module], float] | None, every: int, smoothing: float = VAL_SMOOTHING
+    ) -> None:
+        if not 0.0 <= smoothing < 1.0:
+            raise ConfigError(f"validation smoothing must be in [0, 1), got {smoothing}")
+        self.evaluate, self.every, self.smoothing = evaluate, max(int(every), 1), float(smoothing)
         self.curve: list[tuple[int, float]] = []
-        self.best_value = -float("inf")
+        self.smoothed: float | None = None
+        self.best_smoothed = -float("inf")
+        self.best_value = -float("inf")  # the raw metric at the step kept
         self.best_step = -1
         self._best_state: dict[str, Any] | None = None
 
@@ -126,8 +141,12 @@ class Validator:
     def step(self, model: torch.nn.Module, step: int) -> float:
         value = float(self.evaluate(model))
         self.curve.append((int(step), value))
-        if np.isfinite(value) and value > self.best_value:
-            self.best_value, self.best_step = value, int(step)
+        if not np.isfinite(value):
+            return value
+        a = self.smoothing
+        self.smoothed = value if self.smoothed is None else a * self.smoothed + (1.0 - a) * value
+        if self.smoothed > self.best_smoothed:
+            self.best_smoothed, self.best_value, self.best_step = self.smoothed, value, int(step)
             self._best_state = copy.deepcopy(model.state_dict())
         return value
 
@@ -141,6 +160,8 @@ class Validator:
             "val_curve": [[s, v] for s, v in self.curve],
             "val_best": self.best_value if self.curve else float("nan"),
             "val_best_step": self.best_step,
+            "val_best_smoothed": self.best_smoothed if self.curve else float("nan"),
+            "val_smoothing": self.smoothing,
             "undertrained": still_rising(values),
         }
 

@@ -99,7 +99,7 @@ def write_report(
         f"Data: {data_desc}. Label budgets (labelled patients): {', '.join(map(str, budgets))}. "
         f"Seeds: {', '.join(map(str, exp.seeds))}. Strategies: {', '.join(s.name for s in exp.strategies)}. "
         f"Every model is trained with the same recipe (patches with foreground oversampling, poly "
-        f"learning rate, the checkpoint chosen on the validation split) and compared, paired by test "
+        f"learning rate, the checkpoint chosen by the smoothed validation metric) and compared, paired by test "
         f"patient, with `none` and with classical augmentation (see each task's difference table)."
         f"{test_desc} Total run time {total_seconds / 60:.1f} min "
         f"({sum(r.get('cached', False) for r in rows)} of {len(rows)} runs read from cache).")))
@@ -251,7 +251,7 @@ def _task_section(task: str, rows: list[dict[str, Any]], exp, out: Path, verdict
     _val_curves(png, rows, key, label)
     blocks.append(Block("img", text=str(png.relative_to(out)),
                         header=[f"validation {label} during training (one line per run; the checkpoint kept is "
-                                "the best point)"]))
+                                "where its moving average peaked)"]))
     return blocks
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from augment.errors import ConfigError
 from augment.sample import Sample
 from downstream.recipe import (
     PatchDataset,
@@ -73,7 +74,7 @@ def test_still_rising_reads_the_trend_not_the_noise():
 def test_validator_restores_the_best_state():
     model = torch.nn.Linear(1, 1, bias=False)
     scores = iter([0.2, 0.9, 0.4])
-    v = Validator(lambda m: next(scores), every=10)
+    v = Validator(lambda m: next(scores), every=10, smoothing=0.0)  # raw metric
     for step, w in ((10, 1.0), (20, 2.0), (30, 3.0)):
         with torch.no_grad():
             model.weight.fill_(w)
@@ -84,3 +85,29 @@ def test_validator_restores_the_best_state():
     summary = v.summary()
     assert summary["val_best"] == 0.9 and summary["val_best_step"] == 20 and not summary["undertrained"]
     assert summary["val_curve"] == [[10, 0.2], [20, 0.9], [30, 0.4]]
+
+
+def test_validator_chooses_by_the_smoothed_metric_not_a_lucky_spike():
+    # The curve of a real liver run (full-data ceiling, 5 validation patients): a spike at
+    # step 150, then a plateau near 0.53-0.56. With smoothing 0.5 the EMA is
+    # 0.32, 0.34, 0.47, 0.29, 0.39, 0.45, 0.48, 0.51, 0.50, 0.51, 0.52, 0.54, 0.55 (by hand):
+    # the state kept is the plateau's, at step 650, not the spike's.
+    curve = [0.32, 0.36, 0.60, 0.10, 0.49, 0.51, 0.52, 0.53, 0.49, 0.53, 0.53, 0.55, 0.56]
+    scores = iter(curve)
+    model = torch.nn.Linear(1, 1, bias=False)
+    v = Validator(lambda m: next(scores), every=50, smoothing=0.5)
+    for i in range(len(curve)):
+        with torch.no_grad():
+            model.weight.fill_(float(i))
+        v.step(model, 50 * (i + 1))
+    v.restore(model)
+    assert v.best_step == 650 and model.weight.item() == 12.0
+    assert v.summary()["val_best"] == 0.56  # the raw value at the step kept
+    raw = Validator(lambda m: 0.0, every=50, smoothing=0.0)
+    scores = iter(curve)
+    raw.evaluate = lambda m: next(scores)
+    for i in range(len(curve)):
+        raw.step(model, 50 * (i + 1))
+    assert raw.best_step == 150  # the raw maximum is the spike
+    with pytest.raises(ConfigError):
+        Validator(None, every=10, smoothing=1.0)
