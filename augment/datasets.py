@@ -146,8 +146,13 @@ class SliceDataset(Dataset):
         return self.subset([i for i, p in enumerate(self.patient_ids) if p in keep])
 
     def samples(self) -> list[Sample]:
-        """All items, unaugmented."""
-        return [self.load(i) for i in range(len(self))]
+        """All items, unaugmented, each tagged with the folder it came from
+        (``meta["source_folder"]``, for messages; never written to a manifest)."""
+        source = str(self.folder.resolve())
+        out = [self.load(i) for i in range(len(self))]
+        for s in out:
+            s.meta["source_folder"] = source
+        return out
 
 
 def load_samples(folder: str | os.PathLike) -> list[Sample]:

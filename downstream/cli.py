@@ -133,7 +133,7 @@ def cmd_augment_preview(a: argparse.Namespace) -> None:
 
 def cmd_gan_train(a: argparse.Namespace) -> None:
     from augment.errors import ConfigError
-    from gan.presets import MAX_BATCH_SIZE
+    from gan.registry import MAX_BATCH_SIZE
 
     for option, value, low in (("--steps", a.steps, 1), ("--batch-size", a.batch_size, 1),
                                ("--ckpt-every", a.ckpt_every, 0), ("--grid-every", a.grid_every, 0),
@@ -145,9 +145,9 @@ def cmd_gan_train(a: argparse.Namespace) -> None:
             f"--batch-size must be <= {MAX_BATCH_SIZE}, got {a.batch_size} (the GAN papers train "
             "at 1 to 128; a larger batch mostly runs out of memory)"
         )
-    from gan.base import get_generator, resolve_device
-    from gan.presets import preset_text
-    from gan.trainer import resume_defaults, run_training
+    from gan.base import resolve_device
+    from gan.registry import REGISTRY, preset_text
+    from gan.trainer import resume_defaults, train_generator
 
     steps, batch_size, base_config, default_batch = a.steps, a.batch_size, None, None
     if a.resume and a.preset is None:
@@ -163,12 +163,12 @@ def cmd_gan_train(a: argparse.Namespace) -> None:
         preset_name = a.preset or "auto"
         if preset_name == "auto":
             preset_name = "paper" if resolve_device(a.device).type == "cuda" else "cpu"
-        preset = get_generator(a.model).presets[preset_name]
+        preset = REGISTRY[a.model].presets[preset_name]
         log.info("gan train %s: preset %s (%s)", a.model, preset_name, preset_text(preset))
         steps = steps if steps is not None else preset["steps"]
         default_batch = preset["batch_size"]
         base_config = preset["config"] if base_config is None else base_config
-    result = run_training(
+    result = train_generator(
         a.model,
         a.data,
         a.data_b,
@@ -489,11 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gan", help="train and evaluate generators").add_subparsers(
         dest="gan_command", required=True, metavar="SUBCOMMAND"
     )
-    from gan.presets import MAX_BATCH_SIZE, PRESETS, presets_help
+    from gan.registry import MAX_BATCH_SIZE, REGISTRY, presets_help
 
-    tr = g.add_parser("train", parents=[common, device], help="train dcgan, pix2pix or cyclegan",
+    tr = g.add_parser("train", parents=[common, device], help=f"train {', '.join(REGISTRY)}",
                       epilog=presets_help())
-    tr.add_argument("model", choices=list(PRESETS))
+    tr.add_argument("model", choices=list(REGISTRY))
     tr.add_argument("--preset", choices=["auto", "cpu", "paper"],
                     help="training size: steps, batch and network widths (below); with --resume "
                     "the run's own unless given (default: auto)")
@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run folder: new, or one of an earlier run with --resume (a run is never replaced: "
                     "choose another --out to start over)")
     tr.add_argument("--config", type=Path,
-                    help="YAML with model options: a `dcgan:`/`pix2pix:`/`cyclegan:` section, or the options at top level")
+                    help="YAML with model options: a section named after the model (e.g. `pix2pix:`), or the options at top level")
     tr.add_argument("--resume", action="store_true",
                     help="continue from RUN/last.pt with the run's own steps, batch size and model "
                     "options (no other flag needed; a larger --steps trains further)")

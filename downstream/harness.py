@@ -199,69 +199,40 @@ class Splits:
 
 def generator_run(
     name: str, spec: GeneratorSpec, labelled: SliceDataset, unlabelled_b: SliceDataset | None,
-    *, seed: int, root: Path, device: str, kind: str,
+    *, seed: int, root: Path, device: str,
 ) -> tuple[Path, dict[str, Any]]:
-    """Train (or reuse) generator ``name`` on the labelled slices; returns (checkpoint, info)."""
-    import dataclasses
+    """Train (or reuse) generator ``name`` on the labelled slices with `gan.train_generator`
+    (what ``gan train`` runs); returns (checkpoint, info)."""
+    from gan.trainer import train_generator
 
-    from gan.base import config_from_dict, get_generator
-    from gan.train_data import anatomy_kind, data_defaults, require_anatomy
-    from gan.trainer import TrainConfig, init_seed, train
-
-    cls = get_generator(name)
-    train_samples = labelled.samples()
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    # What the data implies (anatomy, model window, image size, classes), then the config's options.
-    model_cfg = {**data_defaults(fields, labelled.info, train_samples), **spec.config}
-    require_anatomy(fields, model_cfg, labelled.folder, name, "set `data.anatomy` in the experiment")
-    key = config_hash({"v": HARNESS_VERSION, "model": name, "config": model_cfg, "steps": spec.steps,
+    key = config_hash({"v": HARNESS_VERSION, "model": name, "config": spec.config, "steps": spec.steps,
                        "bs": spec.batch_size, "seed": seed, "data": _fingerprint(labelled),
                        "data_b": _fingerprint(unlabelled_b) if unlabelled_b is not None else None})
     run = root / f"{name}_{key}"
     ckpt = run / "last.pt"
     t0 = time.perf_counter()
     if not (run / "done.json").exists():
-        import torch
-
-        torch.manual_seed(init_seed(seed))  # initial weights follow the seed, as in `gan train`
-        module = cls(config_from_dict(cls.Config, model_cfg))
-        data_b = unlabelled_b.samples() if unlabelled_b is not None else None
-        cfg = TrainConfig(steps=spec.steps, batch_size=spec.batch_size, seed=seed, device=device, out=run,
-                          ckpt_every=max(spec.steps, 1), grid_every=max(spec.steps, 1), resume=ckpt.exists(),
-                          overwrite=True, progress=False)
-        data_info = {"folder": str(labelled.folder), "folder_b": str(unlabelled_b.folder) if unlabelled_b else None,
-                     "kind": anatomy_kind(labelled.info), "classes": labelled.info.get("classes") or {},
-                     "spacing": labelled.info.get("spacing"),
-                     "patients": sorted(labelled.patient_ids)}
-        train(module, train_samples, data_b, cfg, data_info=data_info)
+        # The batch is the spec's, lowered (with a warning) to what the labelled slices hold.
+        train_generator(name, labelled, unlabelled_b, run, steps=spec.steps, batch_size=None,
+                        default_batch_size=spec.batch_size, seed=seed, device=device, model_config=spec.config,
+                        ckpt_every=max(spec.steps, 1), grid_every=max(spec.steps, 1), resume=ckpt.exists(),
+                        overwrite=True, progress=False)
         write_json_atomic(run / "done.json", {"seconds": time.perf_counter() - t0, "steps": spec.steps})
     info = json.loads((run / "done.json").read_text())
     return ckpt, {"key": key, "run": str(run), "train_seconds": info["seconds"]}
 
 
 def synthetic_set(
-    name: str, ckpt: Path, spec: GeneratorSpec, hosts: list[Sample], *, seed: int, root: Path, device: str
+    name: str, ckpt: Path, spec: GeneratorSpec, hosts: SliceDataset, *, seed: int, root: Path, device: str
 ) -> SliceDataset:
-    """Write (or reuse) ``spec.n_synthetic`` labelled synthetic slices from ``ckpt``."""
-    from augment.sample import DatasetWriter, sha256_file
-    from gan.base import GanModule
+    """Write (or reuse) ``spec.n_synthetic`` labelled synthetic slices from ``ckpt`` on
+    ``hosts`` with `gan.synthesize_dataset` (what ``gan synthesize`` runs)."""
+    from augment.sample import sha256_file
+    from gan.synthesize import synthesize_dataset
 
-    ckpt_sha = sha256_file(ckpt)
-    folder = root / f"{name}_{config_hash({'ckpt': ckpt_sha, 'n': spec.n_synthetic, 'seed': seed})}"
+    folder = root / f"{name}_{config_hash({'ckpt': sha256_file(ckpt), 'n': spec.n_synthetic, 'seed': seed})}"
     if not (folder / "dataset.json").exists():
-        module = GanModule.load(ckpt, device=_device(device))
-        chunk = 32
-        with DatasetWriter(folder, kind="synthetic", overwrite=True,
-                           config={"generator": name, "checkpoint_sha256": ckpt_sha, "seed": seed,
-                                   "n": spec.n_synthetic}) as w:
-            made = 0
-            for c in range(0, spec.n_synthetic, chunk):
-                m = min(chunk, spec.n_synthetic - made)
-                for j, s in enumerate(module.sample(m, seed=seed * 100_003 + c, conditions=hosts)):
-                    s.meta["id"] = f"{name}_{made + j:05d}"
-                    s.meta["checkpoint_sha256"] = ckpt_sha
-                    w.add(s)
-                made += m
+        synthesize_dataset(ckpt, spec.n_synthetic, folder, hosts=hosts, seed=seed, device=device, overwrite=True)
     return SliceDataset(folder)
 
 
@@ -287,7 +258,6 @@ def run_compare(
     out = Path(out or exp.out)
     check_output_folder(out)
     source, target = prepare_data(exp, out / "data")
-    kind = source.kind or (exp.data.phantom or "")
     splits = Splits(exp, source, target)
     _check_sizes(exp, splits)
     n_train = len(set(splits.train.patient_ids))
@@ -320,11 +290,9 @@ def run_compare(
                     raise DataError(f"the {g} strategy needs a target domain (data.target_domain or target_folder)")
                 splits.assert_unseen(f"{g} domain-B training data", unl_b)
             bar.set_postfix_str(f"training {g} (budget {budget}, seed {s})")
-            ckpt, ginfo = generator_run(g, spec, labelled, unl_b, seed=s, root=out / "generators",
-                                        device=device, kind=kind)
+            ckpt, ginfo = generator_run(g, spec, labelled, unl_b, seed=s, root=out / "generators", device=device)
             try:
-                synthetic[g] = synthetic_set(g, ckpt, spec, labelled.samples(), seed=s, root=out / "synthetic",
-                                             device=device)
+                synthetic[g] = synthetic_set(g, ckpt, spec, labelled, seed=s, root=out / "synthetic", device=device)
             except DataError as e:  # e.g. an undertrained DCGAN whose masks are empty: say so, go on
                 log.warning("%s (budget %d, seed %d) made no labelled samples: %s", g, budget, s, e)
                 failures.append({"generator": g, "budget": budget, "seed": s, "error": str(e), "run": ginfo["run"]})

@@ -1,7 +1,9 @@
-"""The contract every learned generator satisfies, and its registry.
+"""The contract every learned generator satisfies, and how a name becomes its class.
 
-A model is one `GanModule` subclass, registered with ``@register_generator("name")``.
-It writes five things: its ``Config`` dataclass, ``__init__`` (networks + optimizers),
+A model is one `GanModule` subclass with an entry in `gan.registry.REGISTRY`, found by
+name with `get_generator`. It declares what it is in class attributes (``name``,
+``Config``, ``needs_data_b``, ``paired_reference``, ``translates_hosts``) and writes five
+things: its ``Config`` dataclass, ``__init__`` (networks + optimizers),
 ``prepare`` (turn labelled slices into training tensors), ``make_batch`` and
 ``training_step`` (one optimisation step, returning its losses), and ``synthesize``
 (labelled samples from hosts). `gan.trainer` owns devices, seeding, checkpoints,
@@ -18,6 +20,7 @@ returned by ``get_extra_state`` so it travels in ``state_dict()``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import io
 import os
 import pickle
@@ -35,30 +38,31 @@ from torch import Tensor, nn
 from augment.config_types import check_fields, show_value
 from augment.errors import CheckpointError, ConfigError
 from augment.sample import Sample, sha256_bytes, to_jsonable, versions, write_bytes_atomic
+from gan.registry import REGISTRY
 
+# The generator classes by name, imported from `gan.registry.REGISTRY` on first use (tests
+# may add their own here).
 GENERATORS: dict[str, type[GanModule]] = {}
 
 CHECKPOINT_FORMAT = "lesionforge-gan-checkpoint/1"
 
 
-def register_generator(name: str):
-    """Class decorator: add a `GanModule` subclass to `GENERATORS` under ``name``."""
-
-    def wrap(cls: type[GanModule]) -> type[GanModule]:
-        if name in GENERATORS:
-            raise ValueError(f"generator {name!r} registered twice")
-        cls.name = name
-        GENERATORS[name] = cls
-        return cls
-
-    return wrap
+def generator_names() -> list[str]:
+    """Every generator `get_generator` knows, registry order first."""
+    return list(REGISTRY) + sorted(set(GENERATORS) - set(REGISTRY))
 
 
 def get_generator(name: str) -> type[GanModule]:
-    import gan.models  # noqa: F401  (registers the built-in models)
-
+    """The `GanModule` class of generator ``name`` (imported on first use)."""
     if name not in GENERATORS:
-        raise ConfigError(f"unknown generator {name!r}; known: {', '.join(sorted(GENERATORS))}")
+        entry = REGISTRY.get(name)
+        if entry is None:
+            raise ConfigError(f"unknown generator {name!r}; known: {', '.join(generator_names())}")
+        module_name, _, attr = entry.cls.partition(":")
+        cls = getattr(importlib.import_module(module_name), attr)
+        if not (isinstance(cls, type) and issubclass(cls, GanModule)) or cls.name != name:
+            raise TypeError(f"gan.registry: {entry.cls} is not a GanModule named {name!r}")
+        GENERATORS[name] = cls
     return GENERATORS[name]
 
 
@@ -91,13 +95,16 @@ class Generator(Protocol):
 
     name: ClassVar[str]
 
-    def fit(self, data, cfg, log) -> None: ...
+    def fit(self, data, cfg, log) -> Any: ...
 
     def sample(
         self, n: int, *, seed: int, conditions: Sequence[Sample] | None = None
     ) -> list[Sample]: ...
 
-    def save(self, path: Path) -> None: ...
+    def save(self, path: Path) -> Any: ...
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Generator: ...
 
 
 class GanModule(nn.Module):
@@ -107,18 +114,25 @@ class GanModule(nn.Module):
     implement the methods below that raise ``NotImplementedError`` here.
     """
 
+    # Its key in `gan.registry.REGISTRY` (also written into every checkpoint).
     name: ClassVar[str] = ""
     Config: ClassVar[type]
     # Top-level submodules that only training needs, beyond the networks of the "D"
     # optimizer (found by `training_only_keys`), e.g. image pools: `export` leaves them out.
     training_only: ClassVar[tuple[str, ...]] = ()
-    # Named training sizes for `gan train --preset`: ``{"steps", "batch_size", "config"}``.
-    # "paper": the paper's architecture and batch size (the Config defaults); "cpu": sized
-    # to finish in minutes on a 2-core CPU (the demo's settings, measured there).
-    presets: ClassVar[dict[str, dict[str, Any]]] = {}
     # Unpaired translation (CycleGAN) trains on a second domain (``data_b``, --data-b);
     # every other model on one dataset.
     needs_data_b: ClassVar[bool] = False
+    # What SSIM/PSNR compares against (`gan.evaluate.paired_quality`): "own-mask" (the model
+    # regenerates a held-out lesion slice from that slice's own mask: ``reconstruct`` and
+    # ``condition``, pix2pix), "target-domain" (a held-out slice translated, against its true
+    # rendering in the target domain: ``translate``, CycleGAN), or None (nothing to compare
+    # with: DCGAN's lesions are new).
+    paired_reference: ClassVar[str | None] = None
+    # The synthetic slice is its whole host translated (CycleGAN), not the host's pixels with
+    # generated lesions pasted in: memorisation compares whole slices, and the evaluation
+    # checks that the host's lesions survived.
+    translates_hosts: ClassVar[bool] = False
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
@@ -190,8 +204,14 @@ class GanModule(nn.Module):
             )
         was_training = self.training
         self.eval()
+        # The torch draws of ``synthesize`` (latent codes, pix2pix's dropout noise) come from
+        # the global RNG seeded with ``seed`` inside a fork of it: the caller's RNG state is
+        # restored afterwards, so sampling live inside a training loop (`MixedDataset`)
+        # never resets the trainer's random stream. Dropout cannot take a local
+        # `torch.Generator`, hence the fork rather than a generator argument.
+        devices = [self.device] if self.device.type == "cuda" else []
         try:
-            with torch.no_grad():
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
                 out = self.synthesize(n, rng=np.random.default_rng(seed), hosts=conditions)
         finally:
@@ -211,11 +231,16 @@ class GanModule(nn.Module):
         """
         return [(self.name, self.sample(len(hosts), seed=seed, conditions=list(hosts)))]
 
-    def fit(self, data, cfg, log=None) -> None:
-        """Train with `gan.trainer.train`; ``cfg`` is a `gan.trainer.TrainConfig`."""
+    def fit(
+        self, data: Sequence[Sample], cfg: Any, log: Any = None, *, data_b: Sequence[Sample] | None = None
+    ) -> dict[str, Any]:
+        """Train in place with `gan.trainer.train` (Generator protocol); ``cfg`` is a
+        `gan.trainer.TrainConfig`, ``data_b`` the target domain of unpaired models. ``log``
+        is accepted for the protocol; the trainer logs to ``cfg.out`` (and wandb).
+        Returns the trainer's summary (step, losses, checkpoint)."""
         from gan.trainer import train
 
-        train(self, data, cfg)
+        return train(self, data, data_b, cfg)
 
     def checkpoint(self, step: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The checkpoint dict: data only (tensors, numbers, strings, lists, dicts)."""
@@ -295,14 +320,13 @@ class GanModule(nn.Module):
         """Build the module a `read_checkpoint` dict describes (``path`` names it in errors)."""
         name = ckpt["model"]
         if cls is GanModule:
-            import gan.models  # noqa: F401  (registers the built-in models)
-
-            if name not in GENERATORS:
+            try:
+                model_cls = get_generator(name)
+            except ConfigError:
                 raise CheckpointError(
                     f"{path}: made by generator {name!r}, which this lesionforge does not know "
-                    f"(known: {', '.join(sorted(GENERATORS))})"
-                )
-            model_cls = GENERATORS[name]
+                    f"(known: {', '.join(generator_names())})"
+                ) from None
         else:
             model_cls = cls
         if model_cls.name != name:

@@ -31,10 +31,9 @@ from torch import Tensor, nn
 from augment.errors import ConfigError, DataError
 from augment.sample import Sample
 from augment.window import Window
-from gan.base import GanModule, register_generator
+from gan.base import GanModule
 from gan.networks.patchgan import NLayerDiscriminator, check_depth
 from gan.networks.resnet import N_DOWNSAMPLING, ResnetGenerator, init_normal_
-from gan.presets import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +159,6 @@ def _lsgan(prediction: Tensor, real: bool) -> Tensor:
     return F.mse_loss(prediction, target)
 
 
-@register_generator("cyclegan")
 class CycleGAN(GanModule):
     """CycleGAN as a `GanModule`: ``prepare(data_a, data_b)``, ``training_step``,
     ``translate`` and ``synthesize`` (translated hosts, labels unchanged).
@@ -169,9 +167,11 @@ class CycleGAN(GanModule):
     seed it before construction for reproducible initial weights.
     """
 
+    name = "cyclegan"
     Config = CycleGANConfig
-    presets = PRESETS["cyclegan"]
     needs_data_b = True
+    paired_reference = "target-domain"
+    translates_hosts = True
 
     def __init__(self, cfg: CycleGANConfig | None = None) -> None:
         cfg = cfg if cfg is not None else CycleGANConfig()

@@ -34,10 +34,9 @@ from torch import Tensor
 from augment.errors import CheckpointError, ConfigError, DataError
 from augment.sample import Sample
 from augment.window import Window
-from gan.base import GanModule, register_generator
+from gan.base import GanModule
 from gan.networks.dcgan import DCGANDiscriminator, DCGANGenerator, n_resolution_steps
 from gan.paste import clean_mask, feather_alpha, feather_reach, find_placement, paste
-from gan.presets import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -210,12 +209,11 @@ def _inference(module: torch.nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-@register_generator("dcgan")
 class DCGAN(GanModule):
     """DCGAN on lesion ROIs (image + mask), pasted into host slices to make labelled data."""
 
+    name = "dcgan"
     Config = DCGANConfig
-    presets = PRESETS["dcgan"]
 
     def __init__(self, cfg: DCGANConfig) -> None:
         super().__init__(cfg)

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from augment.datasets import load_samples
 from augment.errors import CheckpointError, ConfigError, DataError
 from augment.sample import (
     Sample,
@@ -57,7 +58,7 @@ from gan import quality as q
 from gan.base import GanModule, read_checkpoint, resolve_checkpoint, resolve_device
 from gan.preservation import lesion_hu_range, lesion_preservation, summarise_preservation
 from gan.synthesize import chunk_seed
-from gan.train_data import data_fingerprint, load_samples
+from gan.train_data import data_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def paired_quality(
     }
     rows: list[dict[str, Any]] = []
     clip = f"HU clipped to [{window.low:g}, {window.high:g}] (model window), data_range {window.width:g} HU"
-    if hasattr(module, "reconstruct") and hasattr(module, "condition"):
+    if module.paired_reference == "own-mask":
         what = (
             f"{module.name} regenerating held-out lesion slices from their own masks; mean SSIM map "
             f"and PSNR over the regenerated (erased) pixels; {clip}"
@@ -165,7 +166,7 @@ def paired_quality(
                     }
                 )
             summary["ssim_what"] = what
-    elif hasattr(module, "translate"):
+    elif module.paired_reference == "target-domain":
         direction = getattr(module.cfg, "direction", "AB")
         what = (
             f"{module.name} {direction[0]}->{direction[1]} translation of held-out slices against the true "
@@ -254,7 +255,7 @@ def memorisation(
         "pixel_distance_name": pixel_name,
         "window": [window.center, window.width],
     }
-    if hasattr(module, "translate"):
+    if module.translates_hosts:
         mode = "whole slices"
         what = (
             "each translated slice vs the training slices of other patients (its own patient's "
@@ -487,7 +488,7 @@ def evaluate_generator(
     paired, paired_rows = paired_quality(module, heldout, heldout_b, window)
     result.update(paired)
 
-    if hasattr(module, "translate"):
+    if module.translates_hosts:
         by_id = {t.id: t for t in training}
         hosts = [(by_id.get(s.meta.get("host_id")), s) for s in synthetic]
         result["preservation"] = summarise_preservation(

@@ -47,12 +47,11 @@ from augment.anatomy import allowed_region, class_anchor, lesion_regions
 from augment.errors import CheckpointError, ConfigError, DataError
 from augment.sample import Sample
 from augment.window import Window
-from gan.base import GanModule, register_generator
+from gan.base import GanModule
 from gan.networks.patchgan import NORMS, NLayerDiscriminator, check_depth
 from gan.networks.resnet import init_normal_
 from gan.networks.unet import MIN_DOWNS, UnetGenerator
 from gan.pix2pix_masks import MaskBank, build_bank, condition, erase, place_lesions
-from gan.presets import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +190,6 @@ def _gan_loss(logits: Tensor, real: bool) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-@register_generator("pix2pix")
 class Pix2Pix(GanModule):
     """Mask-conditioned pix2pix as a `GanModule`: ``prepare``, ``training_step``,
     ``synthesize`` (new lesions painted into host slices) and ``reconstruct``.
@@ -200,8 +198,9 @@ class Pix2Pix(GanModule):
     seed it before construction for reproducible initial weights.
     """
 
+    name = "pix2pix"
     Config = Pix2PixConfig
-    presets = PRESETS["pix2pix"]
+    paired_reference = "own-mask"
 
     def __init__(self, cfg: Pix2PixConfig | None = None) -> None:
         cfg = cfg if cfg is not None else Pix2PixConfig()

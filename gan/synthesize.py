@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from augment.datasets import SliceDataset
 from augment.errors import CheckpointError, ConfigError, DataError
-from augment.sample import DatasetWriter, Sample, check_replaceable, read_dataset, to_jsonable
+from augment.sample import DatasetWriter, Sample, check_replaceable, to_jsonable
 from gan.base import GanModule, file_sha256, read_checkpoint, resolve_checkpoint, resolve_device
-from gan.train_data import load_samples
+from gan.train_data import open_dataset
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def synthesize_dataset(
     n: int,
     out: str | os.PathLike,
     *,
-    hosts: str | os.PathLike | None = None,
+    hosts: str | os.PathLike | SliceDataset | None = None,
     seed: int = 0,
     export: str | None = None,
     chunk: int = 32,
@@ -123,9 +124,10 @@ def synthesize_dataset(
             ``weights_only``.
         n: number of synthetic slices.
         out: the dataset folder to write (refused if it exists, unless ``overwrite``).
-        hosts: dataset folder of real slices that receive (DCGAN, pix2pix) or are
-            translated into (CycleGAN) synthetic lesions; default: the training data
-            folder recorded in the checkpoint.
+        hosts: the real slices that receive (DCGAN, pix2pix) or are translated into
+            (CycleGAN) synthetic lesions: a dataset folder or a `SliceDataset` (e.g. the
+            labelled patients of a split); default: the training data folder recorded
+            in the checkpoint.
         seed: seeds every draw; same seed and inputs give byte-identical folders.
         export: also write boxes as ``"voc"`` XML files or a ``"coco"`` JSON.
         chunk: slices generated per call (the unit of seeding, so keep it fixed to
@@ -149,11 +151,13 @@ def synthesize_dataset(
     checkpoint = resolve_checkpoint(checkpoint)
     ckpt = read_checkpoint(checkpoint)
     torch_device = resolve_device(device)
-    host_dir = Path(hosts) if hosts is not None else hosts_folder(checkpoint, ckpt.get("data", {}))
+    if hosts is None:
+        hosts = hosts_folder(checkpoint, ckpt.get("data", {}))
+    host_dir = Path(getattr(hosts, "folder", hosts))
     # Never replace what is read: the hosts, or the folder holding the checkpoint.
     check_replaceable(out, overwrite=overwrite, inputs=[host_dir, checkpoint])
-    host_info, _ = read_dataset(host_dir)
-    host_samples = load_samples(host_dir)
+    host_set = open_dataset(hosts)
+    host_info, host_samples = host_set.info, host_set.samples()
     if not host_samples:
         raise DataError(f"{host_dir}: no slices to use as hosts")
     check_disk_space(out, n, host_samples)
@@ -176,6 +180,7 @@ def synthesize_dataset(
         },
         "model_config": model_config,
         "hosts": str(host_dir.resolve()),
+        "n_hosts": len(host_samples),
         "n": n,
         "seed": seed,
         "chunk": chunk,

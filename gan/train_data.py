@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from augment.datasets import SliceDataset
 from augment.errors import ConfigError
-from augment.sample import Sample, load_sample, read_dataset
+from augment.sample import Sample
 from augment.window import DISPLAY_WINDOW, MODEL_WINDOW, WINDOWS
 
 
@@ -63,14 +64,10 @@ def dataset_domain(info: dict[str, Any], samples: Sequence[Sample]) -> str | Non
     return None
 
 
-def load_samples(folder: str | os.PathLike) -> list[Sample]:
-    """Every slice of a dataset folder, in manifest order."""
-    folder = Path(folder)
-    _, records = read_dataset(folder)
-    samples = [load_sample(folder, r) for r in records]
-    for s in samples:
-        s.meta["source_folder"] = str(folder.resolve())
-    return samples
+def open_dataset(data: str | os.PathLike | SliceDataset) -> SliceDataset:
+    """Training data as a `SliceDataset`: a dataset folder, or a dataset given as one
+    (e.g. the labelled patients of a split, `SliceDataset.subset`), used as is."""
+    return data if isinstance(data, SliceDataset) else SliceDataset(data, cache=False)
 
 
 def load_model_config(path: str | os.PathLike, model: str) -> dict[str, Any]:
@@ -90,8 +87,9 @@ def load_model_config(path: str | os.PathLike, model: str) -> dict[str, Any]:
     doc = doc or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping of options, got {type(doc).__name__}")
-    import gan.models  # noqa: F401  (registers the built-in models: their names are sections)
-    from gan.base import GENERATORS
+    from gan.base import generator_names
+
+    known = generator_names()
 
     for key in (model, "model"):
         if key not in doc:
@@ -102,11 +100,11 @@ def load_model_config(path: str | os.PathLike, model: str) -> dict[str, Any]:
                 f"{path}: section {key!r} must be a mapping of options, got {type(section).__name__}"
             )
         # Other models' sections may share the file; anything else would be ignored silently.
-        ignored = sorted(str(k) for k in doc if k != key and k not in GENERATORS)
+        ignored = sorted(str(k) for k in doc if k != key and k not in known)
         if ignored:
             raise ConfigError(
                 f"{path}: unknown section(s) {', '.join(ignored)} beside {key!r}; "
-                f"known: model, {', '.join(sorted(GENERATORS))}"
+                f"known: model, {', '.join(known)}"
             )
         return dict(section or {})
     return dict(doc)
@@ -120,15 +118,14 @@ def anatomy_kind(info: dict[str, Any]) -> str | None:
     return None
 
 
-def require_anatomy(
-    fields: set[str], values: dict[str, Any], folder: Any, model: str, how: str
-) -> None:
+def require_anatomy(fields: set[str], values: dict[str, Any], folder: Any, model: str) -> None:
     """Refuse to train a generator that places lesions by anatomy when neither the data
     nor the user says which anatomy it is (the model's default would be a silent guess)."""
     if "anatomy" in fields and "anatomy" not in values:
         raise ConfigError(
             f"{folder}: the dataset does not say what anatomy it shows, and {model} places lesions by it: "
-            f"import it with `--anatomy head-ich|liver` or {how}"
+            "import it with `--anatomy head-ich|liver`, or set the model's `anatomy` option "
+            "(gan train: `anatomy:` in --config; compare: `data.anatomy` in the experiment)"
         )
 
 

@@ -35,10 +35,10 @@ import yaml
 from torch import Tensor
 
 from augment.config_types import check_fields
+from augment.datasets import SliceDataset
 from augment.errors import CheckpointError, ConfigError, DataError, LesionforgeError
 from augment.sample import (
     Sample,
-    read_dataset,
     remove_stale_staging,
     to_jsonable,
     versions,
@@ -56,14 +56,14 @@ from gan.base import (
 )
 from gan.logging_sinks import JsonlSink, LossMonitor, NonFiniteLossError, Sinks, WandbSink
 from gan.networks.small_maps import use_gemm_for_small_maps
-from gan.presets import MAX_BATCH_SIZE
+from gan.registry import MAX_BATCH_SIZE
 from gan.train_data import (
     anatomy_kind,
     data_defaults,
     dataset_domain,
     describe_data,
     load_model_config,
-    load_samples,
+    open_dataset,
     require_anatomy,
 )
 
@@ -152,7 +152,7 @@ def torch_seed(seed: int, step: int) -> int:
 
 
 def init_seed(seed: int) -> int:
-    """The torch seed the networks' initial weights are drawn with (`run_training`)."""
+    """The torch seed the networks' initial weights are drawn with (`train_generator`)."""
     return torch_seed(seed, _INIT_STEP)
 
 
@@ -546,10 +546,10 @@ def _progress_bar(cfg: TrainConfig, name: str, start: int):
 # ------------------------------------------------------------------ from folders (CLI)
 
 
-def run_training(
+def train_generator(
     model: str,
-    data: str | os.PathLike,
-    data_b: str | os.PathLike | None,
+    data: str | os.PathLike | SliceDataset,
+    data_b: str | os.PathLike | SliceDataset | None,
     out: str | os.PathLike,
     *,
     steps: int,
@@ -562,9 +562,14 @@ def run_training(
     default_batch_size: int | None = None,
     **train_options: Any,
 ) -> dict[str, Any]:
-    """Train generator ``model`` on dataset folders: what ``lesionforge train`` calls.
+    """Train generator ``model`` into the run folder ``out``: what ``lesionforge gan train``
+    and the comparison harness both call.
 
-    Model options: ``base_config`` (a preset's, `GanModule.presets`, or on resume the
+    ``data`` (and ``data_b``, the target domain of unpaired models) is a dataset folder or
+    a `SliceDataset` (e.g. the labelled patients of a split); the checkpoint records its
+    folder, patients and fingerprint.
+
+    Model options: ``base_config`` (a preset's, `gan.registry.REGISTRY`, or on resume the
     run's own, `resume_defaults`), then ``config_file`` (YAML, see `load_model_config`),
     then ``model_config`` on top; ``anatomy``, ``window`` and ``n_classes`` default to
     what the dataset says (kind and classes in its ``dataset.json``). ``train_options``
@@ -606,22 +611,22 @@ def run_training(
             f"{model} learns a translation between two domains: give the domain B dataset "
             "folder with --data-b"
         )
-    data = Path(data)
-    if data_b is not None and _same_folder(data, Path(data_b)):
+    ds = open_dataset(data)
+    data = ds.folder
+    if data_b is not None and _same_folder(data, Path(getattr(data_b, "folder", data_b))):
         raise DataError(
-            f"{data_b}: --data-b is the same folder as --data ({data}); {model} learns a "
-            "translation between two domains (A -> B): give a dataset of the other domain"
+            f"{getattr(data_b, 'folder', data_b)}: --data-b is the same folder as --data ({data}); {model} "
+            "learns a translation between two domains (A -> B): give a dataset of the other domain"
         )
-    info, _ = read_dataset(data)
-    samples = load_samples(data)
+    info, samples = ds.info, ds.samples()
     samples_b = None
     if data_b is not None:
-        info_b, _ = read_dataset(data_b)
-        samples_b = load_samples(data_b)
+        ds_b = open_dataset(data_b)
+        data_b, info_b, samples_b = ds_b.folder, ds_b.info, ds_b.samples()
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     values = data_defaults(fields, info, samples)
     values.update(user_values)
-    require_anatomy(fields, values, data, model, "set `anatomy:` in --config")
+    require_anatomy(fields, values, data, model)
     model_cfg = config_from_dict(cls.Config, values, source=source)
     folder_b = str(data_b) if data_b is not None else "data_b"
     try:
@@ -706,7 +711,7 @@ __all__ = [
     "check_run_folder",
     "init_seed",
     "resume_defaults",
-    "run_training",
+    "train_generator",
     "remove_stale_run_files",
     "save_progress_grid",
     "step_rng",

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from augment.phantom import write_phantom
-from gan.trainer import run_training
+from gan.trainer import train_generator
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -21,7 +21,7 @@ def _example() -> str:
 
 def test_readme_dataloader_example_runs(tmp_path, capsys):
     data = write_phantom(tmp_path / "data", "head-ich", 16, size=64, seed=0, slices_per_patient=8)
-    run = run_training(
+    run = train_generator(
         "pix2pix", data, None, tmp_path / "run", steps=1, batch_size=2, seed=0, device="cpu",
         model_config={"ngf": 4, "ndf": 4, "n_layers_d": 2}, progress=False, grid_n=0,
     )  # fmt: skip

@@ -83,7 +83,7 @@ def test_threads_option_sets_torch_threads_and_rejects_nonsense(tmp_path, capsys
 def test_cpu_preset_sizes_the_run_and_config_overrides_it(trained):
     import torch
 
-    from gan.presets import PRESETS
+    from gan.registry import REGISTRY
 
     root, data, _, _ = trained
     config = root / "narrow.yaml"
@@ -93,7 +93,7 @@ def test_cpu_preset_sizes_the_run_and_config_overrides_it(trained):
     assert main(["gan", "train", "pix2pix", "--data", str(data), "--out", str(run), "--config", str(config),
                  "--device", "cpu", "--preset", "cpu", "--steps", "1"]) == 0
     ckpt = torch.load(run / "last.pt", weights_only=True)
-    cpu = PRESETS["pix2pix"]["cpu"]
+    cpu = REGISTRY["pix2pix"].presets["cpu"]
     assert ckpt["config"]["ngf"] == cpu["config"]["ngf"]  # from the preset
     assert ckpt["config"]["ndf"] == 4  # from --config
     assert ckpt["train"]["batch_size"] == cpu["batch_size"]

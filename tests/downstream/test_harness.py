@@ -69,7 +69,16 @@ def test_generators_saw_only_the_labelled_patients(compared):
     exp = experiment_from_dict(TINY)
     source, target = prepare_data(exp, out / "data")
     splits = Splits(exp, source, target)
-    assert set(data["patients"]) == set(splits.labelled(2, 0).patient_ids)
+    assert set(data["patient_ids"]) == set(splits.labelled(2, 0).patient_ids)
+    # The synthetic set is written by gan.synthesize_dataset, as `gan synthesize` writes one:
+    # same format, same seed scheme, traced to its checkpoint and hosts.
+    from augment.sample import read_dataset, sha256_file
+
+    (syn,) = [p for p in (out / "synthetic").iterdir() if p.name.startswith("pix2pix")]
+    info, records = read_dataset(syn)
+    assert info["generator"] == "pix2pix" and info["checkpoint"]["sha256"] == sha256_file(run / "last.pt")
+    assert info["seed"] == 0 and info["n_hosts"] == len(splits.labelled(2, 0))
+    assert [r["id"] for r in records] == [f"syn_{i:06d}" for i in range(len(records))]
     assert {r["n_labelled_patients"] for r in rows if not r.get("ceiling")} == {2}
     # The full-data ceiling: the baseline trained on every training patient (and only there).
     ceiling = [r for r in rows if r.get("ceiling")]

@@ -411,10 +411,10 @@ def test_train_refuses_a_batch_larger_than_what_the_model_draws(env, small, tmp_
 
 
 def test_a_preset_batch_is_lowered_to_what_the_data_holds(env, tmp_path, caplog):
-    from gan.trainer import run_training
+    from gan.trainer import train_generator
 
     with caplog.at_level(logging.WARNING, logger="gan.trainer"):
-        result = run_training(
+        result = train_generator(
             "pix2pix", env["data"], None, tmp_path / "run", steps=1, batch_size=None,
             default_batch_size=16, device="cpu", model_config={"ngf": 4, "ndf": 4, "n_layers_d": 2},
             progress=False, grid_n=0,
@@ -489,8 +489,8 @@ def test_checkpoints_with_nan_weights_are_refused_at_load(env, tmp_path, capsys)
 
 
 def test_synthesize_refuses_more_slices_than_the_disk_holds(env, tmp_path, capsys):
+    from augment.datasets import load_samples
     from gan.synthesize import estimate_bytes
-    from gan.train_data import load_samples
 
     out = tmp_path / "syn"
     # was: writing until the disk was full

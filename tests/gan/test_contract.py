@@ -1,10 +1,11 @@
 """Every registered generator honours the contract, through the real trainer.
 
-For each entry of `gan.base.GENERATORS` (albumentations-style: a registered model
+For each entry of `gan.registry.REGISTRY` (albumentations-style: a registered model
 without a tiny config below fails `test_every_generator_has_a_tiny_config`): train two
-steps from a dataset folder with `run_training`, resume a one-step run to the same two
-steps and get bit-identical weights and optimizer state, sample labelled slices, round
-trip the checkpoint, and write a synthetic dataset with `synthesize_dataset`.
+steps from a dataset folder with `train_generator` (and the same with `GanModule.fit`),
+resume a one-step run to the same two steps and get bit-identical weights and optimizer
+state, sample labelled slices without touching the caller's RNG, round trip the
+checkpoint, and write a synthetic dataset with `synthesize_dataset`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-import gan.models  # noqa: F401  (registers the built-in models)
+from augment.datasets import load_samples
 from augment.phantom import write_phantom
 from augment.sample import Sample, boxes_from_mask, load_sample, read_dataset
-from gan.base import GENERATORS, GanModule
+from gan.base import GanModule, get_generator
+from gan.registry import REGISTRY
 from gan.synthesize import synthesize_dataset
-from gan.train_data import load_samples
-from gan.trainer import run_training
+from gan.trainer import TrainConfig, init_seed, train_generator
 
 SIZE = 64  # phantom side (px): small enough for 2 CPU cores, big enough for 6 U-Net levels
 
@@ -36,7 +37,7 @@ BATCH = {"dcgan": 4, "pix2pix": 2, "cyclegan": 1}
 # Models trained on two unpaired domains (data = domain A, data_b = domain B).
 UNPAIRED = {"cyclegan"}
 
-REGISTERED = sorted(GENERATORS)
+REGISTERED = sorted(REGISTRY)
 
 
 def _dcgan_draws_discs(checkpoint: str) -> None:
@@ -113,9 +114,9 @@ def test_generator_contract(name, phantoms, tmp_path):
         batch_size=BATCH[name], seed=0, device="cpu", model_config=TINY[name],
         grid_n=2, log_every=1, progress=False,
     )  # fmt: skip
-    straight = run_training(name, data, data_b, tmp_path / "a", steps=2, **kw)
-    run_training(name, data, data_b, tmp_path / "b", steps=1, **kw)
-    resumed = run_training(name, data, data_b, tmp_path / "b", steps=2, resume=True, **kw)
+    straight = train_generator(name, data, data_b, tmp_path / "a", steps=2, **kw)
+    train_generator(name, data, data_b, tmp_path / "b", steps=1, **kw)
+    resumed = train_generator(name, data, data_b, tmp_path / "b", steps=2, resume=True, **kw)
 
     # Exact resume: every weight, buffer, extra state and optimizer moment.
     a = torch.load(straight["checkpoint"], weights_only=True)
@@ -136,13 +137,30 @@ def test_generator_contract(name, phantoms, tmp_path):
     assert all(np.isfinite(v) for v in straight["losses"].values()) and straight["losses"]
     assert Path(straight["grids"][-1]).name == "step_000002.png"
 
+    # `fit` (Generator protocol) is the same training: same initial weights, same data,
+    # same steps give bit-identical weights.
+    cls, model_cfg = get_generator(name), GanModule.load(straight["checkpoint"]).cfg
+    torch.manual_seed(init_seed(0))  # as train_generator does before building the networks
+    fresh = cls(model_cfg)
+    cfg = TrainConfig(steps=2, batch_size=BATCH[name], seed=0, device="cpu", out=tmp_path / "fit", grid_n=2,
+                      log_every=1, progress=False)  # fmt: skip
+    fitted = fresh.fit(load_samples(data), cfg, data_b=load_samples(data_b) if data_b is not None else None)
+    assert fitted["step"] == 2
+    for k, v in a["state_dict"].items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, fresh.state_dict()[k].cpu()), k
+
     # Labelled samples, deterministic, and the same after a save/load round trip.
     hosts = load_samples(data)
     if name in NEEDS_SHAPE:
         NEEDS_SHAPE[name](straight["checkpoint"])
     module = GanModule.load(straight["checkpoint"])
     assert module.name == name and module.data_info["fingerprint"] == a["data"]["fingerprint"]
+    torch.manual_seed(1234)
+    caller_rng = torch.get_rng_state()
     first = module.sample(3, seed=7, conditions=hosts)
+    # Sampling leaves the caller's torch RNG where it was (a trainer drawing live samples).
+    assert torch.equal(torch.get_rng_state(), caller_rng)
     check_samples(first, hosts, 3, name)
     again = GanModule.load(straight["checkpoint"]).sample(3, seed=7, conditions=hosts)
     for x, y in zip(first, again, strict=True):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-import gan.models  # noqa: F401  (registers the built-in models)
+from augment.datasets import load_samples
 from augment.errors import CheckpointError, DataError
 from augment.phantom import write_phantom
 from augment.sample import Sample
@@ -25,8 +25,7 @@ from gan.cyclegan import CycleGAN
 from gan.evaluate import evaluate_generator, evaluate_run
 from gan.pix2pix import Pix2Pix
 from gan.quality import FID_WEIGHTS_NAME
-from gan.train_data import load_samples
-from gan.trainer import run_training
+from gan.trainer import train_generator
 from tests.gan.test_quality import write_random_inception
 
 SIZE = 64  # phantom side: the smallest the contract tests train every model at
@@ -78,7 +77,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
         "heldout_B": write_phantom(root / "hB", "head-ich", 6, domain="B", seed=1, **kw),
     }
     for name, cfg in TINY.items():
-        result = run_training(
+        result = train_generator(
             name,
             paths["A"],
             paths["B"] if name == "cyclegan" else None,

@@ -16,7 +16,7 @@ from downstream.cli import main
 from gan.base import GanModule, read_checkpoint
 from gan.export import export_generator
 from gan.synthesize import synthesize_dataset
-from gan.trainer import run_training
+from gan.trainer import train_generator
 from tests.gan.test_contract import NEEDS_SHAPE
 
 TINY = {
@@ -37,7 +37,7 @@ def runs(tmp_path_factory):
     )
     out = {}
     for model, config in TINY.items():
-        run_training(
+        train_generator(
             model, data, data_b if model == "cyclegan" else None, root / model, steps=1, batch_size=2,
             seed=0, device="cpu", model_config=config, progress=False, grid_n=0,
         )  # fmt: skip

@@ -172,7 +172,7 @@ def tiny_slices(n: int = 6, size: int = 32, seed: int = 0) -> list[Sample]:
 
 
 def tiny(cls: type[TinyGan] = TinyGan, **kw) -> TinyGan:
-    """A module with seeded initial weights (as `run_training` builds them)."""
+    """A module with seeded initial weights (as `train_generator` builds them)."""
     torch.manual_seed(0)
     return cls(TinyConfig(**kw))
 
@@ -456,8 +456,8 @@ def test_grid_names_the_datasets_classes_and_states_its_window(tmp_path, monkeyp
     assert [t.get_text() for t in figures[-1].texts] == ["window: head-model (C 40 / W 200 HU)"]
 
 
-def test_run_training_from_folder_uses_dataset_kind_and_yaml(tmp_path, registered):
-    from gan.trainer import run_training
+def test_train_generator_from_folder_uses_dataset_kind_and_yaml(tmp_path, registered):
+    from gan.trainer import train_generator
 
     data = write_dataset(
         tmp_path / "data",
@@ -469,7 +469,7 @@ def test_run_training_from_folder_uses_dataset_kind_and_yaml(tmp_path, registere
     yaml_path = tmp_path / "model.yaml"
     yaml_path.write_text("tiny-test:\n  width: 3\n")
     assert load_model_config(yaml_path, "tiny-test") == {"width": 3}
-    result = run_training(
+    result = train_generator(
         "tiny-test",
         data,
         None,
@@ -492,7 +492,7 @@ def test_run_training_from_folder_uses_dataset_kind_and_yaml(tmp_path, registere
     module = GanModule.load(result["checkpoint"])
     assert isinstance(module, TinyGan) and module.cfg.width == 3
     with pytest.raises(ConfigError, match="unknown option"):
-        run_training(
+        train_generator(
             "tiny-test",
             data,
             None,

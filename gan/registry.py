@@ -1,0 +1,81 @@
+"""The generators lesionforge knows, in one table: name, model class, summary, presets.
+
+Adding a generator takes its model file (a `gan.base.GanModule` subclass that declares
+what it is: paired or unpaired, whether it needs a target domain, what SSIM/PSNR compares
+against), its network file(s), its test, and one entry here; the CLI's choices, ``gan
+train --preset``, the comparison harness and ``gan evaluate`` read this table and the
+class. Kept free of torch so that ``lesionforge --help`` lists the generators and their
+presets without importing any network.
+
+Presets (`gan train --preset`) are named training sizes, as plain data:
+
+- ``paper``: the paper's architecture (the model's ``Config`` defaults) and batch size
+  where it fits a CPU's memory (DCGAN trained at 128; pix2pix and CycleGAN at 1). Hours
+  on a 2-core CPU; what a GPU should run.
+- ``cpu``: the demo's settings (``configs/demo.yaml``), measured there to train in one to
+  two minutes on 2 CPU cores and to give pasteable lesions (DCGAN: fewer steps leave the
+  mask channel empty).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The largest batch `gan train` accepts (`gan.trainer.TrainConfig`): the papers train at 1
+# (pix2pix, CycleGAN) to 128 (DCGAN); far beyond that a batch only runs out of memory.
+MAX_BATCH_SIZE = 1024
+
+
+
+@dataclass(frozen=True)
+class GeneratorEntry:
+    """One generator: where its class lives (``"module:Class"``), what it does in one line,
+    and its presets (``{"paper"|"cpu": {"steps", "batch_size", "config"}}``)."""
+
+    cls: str
+    summary: str
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+REGISTRY: dict[str, GeneratorEntry] = {
+    "dcgan": GeneratorEntry(
+        "gan.dcgan:DCGAN", "lesion ROIs + masks from noise, pasted into real slices",
+        presets={
+            "paper": {"steps": 1000, "batch_size": 64, "config": {}},
+            "cpu": {"steps": 400, "batch_size": 16,
+                    "config": {"roi_size": 32, "ngf": 16, "ndf": 16, "spectral_norm": True}},
+        },
+    ),
+    "pix2pix": GeneratorEntry(
+        "gan.pix2pix:Pix2Pix", "new lesion masks painted into real slices (mask -> CT, paired)",
+        presets={
+            "paper": {"steps": 1000, "batch_size": 1, "config": {}},
+            "cpu": {"steps": 120, "batch_size": 4, "config": {"ngf": 16, "ndf": 16}},
+        },
+    ),
+    "cyclegan": GeneratorEntry(
+        "gan.cyclegan:CycleGAN", "labelled slices translated to another scanner (unpaired A -> B)",
+        presets={
+            "paper": {"steps": 1000, "batch_size": 1, "config": {}},
+            "cpu": {"steps": 100, "batch_size": 1,
+                    "config": {"ngf": 8, "ndf": 16, "n_blocks": 3, "pool_size": 20}},
+        },
+    ),
+}
+
+
+def preset_text(preset: dict[str, Any]) -> str:
+    """``"400 steps, batch 16, roi_size 32, ngf 16"``: a preset in one line."""
+    options = ", ".join(f"{k} {v}" for k, v in preset["config"].items()) or "the paper's architecture"
+    return f"{preset['steps']} steps, batch {preset['batch_size']}, {options}"
+
+
+def presets_help() -> str:
+    """Every generator's presets, for ``gan train --help``."""
+    lines = ["presets (--preset; --steps, --batch-size and --config override them):"]
+    for name, entry in REGISTRY.items():
+        for preset, values in entry.presets.items():
+            lines.append(f"  {name} {preset}: {preset_text(values)}")
+    lines.append("auto = paper on CUDA, cpu otherwise (cpu: minutes on 2 cores; paper: hours on a CPU)")
+    return "\n".join(lines)
