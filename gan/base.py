@@ -359,6 +359,34 @@ class GanModule(nn.Module):
         return module.to(device)
 
 
+class LinearDecayLR:
+    """Mixin for models on junyanz's linear learning-rate policy (pix2pix, CycleGAN).
+
+    ``cfg.lr`` for the first ``cfg.n_steps_constant`` updates, then down linearly over
+    ``cfg.n_steps_decay`` more (0: constant): ``1 - max(0, step + 1 - n_constant) /
+    (n_decay + 1)``, the epoch formula of pytorch-CycleGAN-and-pix2pix counted in steps.
+    The trainer applies it (`gan.trainer.train` sets every optimizer's rate to `lr_at`
+    before each update) and counts the updates into ``steps_done``, which travels in the
+    state dict as extra state (the checkpoint format these models have always had).
+    """
+
+    steps_done: int = 0
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of update ``step`` (0-based)."""
+        cfg = self.cfg  # type: ignore[attr-defined]
+        if cfg.n_steps_decay == 0:
+            return cfg.lr
+        late = max(0, step + 1 - cfg.n_steps_constant)
+        return cfg.lr * max(0.0, 1.0 - late / (cfg.n_steps_decay + 1))
+
+    def get_extra_state(self) -> Tensor:
+        return torch.tensor(self.steps_done, dtype=torch.int64)
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.steps_done = int(state)
+
+
 RUN_CHECKPOINT = "last.pt"
 
 

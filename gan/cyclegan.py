@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from augment.errors import ConfigError, DataError
 from augment.sample import Sample
 from augment.window import Window
-from gan.base import GanModule
+from gan.base import GanModule, LinearDecayLR
 from gan.networks.patchgan import NLayerDiscriminator, check_depth
 from gan.networks.resnet import N_DOWNSAMPLING, ResnetGenerator, init_normal_
 
@@ -159,7 +159,7 @@ def _lsgan(prediction: Tensor, real: bool) -> Tensor:
     return F.mse_loss(prediction, target)
 
 
-class CycleGAN(GanModule):
+class CycleGAN(LinearDecayLR, GanModule):
     """CycleGAN as a `GanModule`: ``prepare(data_a, data_b)``, ``training_step``,
     ``translate`` and ``synthesize`` (translated hosts, labels unchanged).
 
@@ -194,16 +194,10 @@ class CycleGAN(GanModule):
                 itertools.chain(self.d_a.parameters(), self.d_b.parameters()), cfg.lr, betas=betas, foreach=True
             ),
         }
-        self.steps_done = 0  # drives the LR schedule; saved as extra state
         self._a: Tensor | None = None
         self._b: Tensor | None = None
 
     # ---- state that must survive save/load -----------------------------------
-    def get_extra_state(self) -> Tensor:
-        return torch.tensor(self.steps_done, dtype=torch.int64)
-
-    def set_extra_state(self, state: Tensor) -> None:
-        self.steps_done = int(state)
 
     # ---- training --------------------------------------------------------------
     @classmethod
@@ -301,12 +295,6 @@ class CycleGAN(GanModule):
         ib = torch.from_numpy(rng.integers(0, len(self._b), size=batch_size))
         return {"A": self._a[ia], "B": self._b[ib]}
 
-    def _lr_factor(self) -> float:
-        # junyanz's linear policy: 1 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1).
-        if self.cfg.n_steps_decay == 0:
-            return 1.0
-        late = max(0, self.steps_done + 1 - self.cfg.n_steps_constant)
-        return max(0.0, 1.0 - late / (self.cfg.n_steps_decay + 1))
 
     def _d_loss(self, d: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
         # Halved so D learns more slowly than G (paper, section 7.1).
@@ -318,10 +306,6 @@ class CycleGAN(GanModule):
         cfg = self.cfg
         real_a, real_b = batch["A"], batch["B"]
         opt_g, opt_d = self.optimizers["G"], self.optimizers["D"]
-        lr = cfg.lr * self._lr_factor()
-        for opt in (opt_g, opt_d):
-            for group in opt.param_groups:
-                group["lr"] = lr
 
         fake_b = self.g_ab(real_a)
         rec_a = self.g_ba(fake_b)
@@ -351,7 +335,6 @@ class CycleGAN(GanModule):
         loss_d_b = self._d_loss(self.d_b, real_b, self.pool_b.query(fake_b))
         (loss_d_a + loss_d_b).backward()
         opt_d.step()
-        self.steps_done += 1
 
         losses = {
             "G": loss_g,
@@ -364,9 +347,7 @@ class CycleGAN(GanModule):
             "D_A": loss_d_a,
             "D_B": loss_d_b,
         }
-        out: dict[str, Tensor | float] = {k: v.detach() for k, v in losses.items()}
-        out["lr"] = lr
-        return out
+        return {k: v.detach() for k, v in losses.items()}
 
     # ---- synthesis -------------------------------------------------------------
     def _generate(self, net: nn.Module, images_hu: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ from augment.anatomy import allowed_region, class_anchor, lesion_regions
 from augment.errors import CheckpointError, ConfigError, DataError
 from augment.sample import Sample
 from augment.window import Window
-from gan.base import GanModule
+from gan.base import GanModule, LinearDecayLR
 from gan.networks.patchgan import NORMS, NLayerDiscriminator, check_depth
 from gan.networks.resnet import init_normal_
 from gan.networks.unet import MIN_DOWNS, UnetGenerator
@@ -190,7 +190,7 @@ def _gan_loss(logits: Tensor, real: bool) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-class Pix2Pix(GanModule):
+class Pix2Pix(LinearDecayLR, GanModule):
     """Mask-conditioned pix2pix as a `GanModule`: ``prepare``, ``training_step``,
     ``synthesize`` (new lesions painted into host slices) and ``reconstruct``.
 
@@ -221,7 +221,6 @@ class Pix2Pix(GanModule):
             "G": torch.optim.Adam(self.net_g.parameters(), cfg.lr, betas=betas, foreach=True),
             "D": torch.optim.Adam(self.net_d.parameters(), cfg.lr, betas=betas, foreach=True),
         }
-        self.steps_done = 0  # drives the LR schedule
         # The mask bank (filled by prepare, restored by load): every lesion component of
         # the training data as zero-padded crops, their sizes, classes and source ids.
         self.bank_masks = _Held(torch.zeros(0, 1, 1, dtype=torch.uint8))
@@ -230,11 +229,6 @@ class Pix2Pix(GanModule):
         self.bank_sources = _Held(_encode_strings([]))
         self._train: dict[str, Tensor] | None = None
 
-    def get_extra_state(self) -> Tensor:
-        return torch.tensor(self.steps_done, dtype=torch.int64)
-
-    def set_extra_state(self, state: Tensor) -> None:
-        self.steps_done = int(state)
 
     @property
     def mask_bank(self) -> MaskBank:
@@ -364,12 +358,6 @@ class Pix2Pix(GanModule):
             "region": region[:, None].float(),
         }
 
-    def _lr_factor(self) -> float:
-        # junyanz's linear policy: 1 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1).
-        if self.cfg.n_steps_decay == 0:
-            return 1.0
-        late = max(0, self.steps_done + 1 - self.cfg.n_steps_constant)
-        return max(0.0, 1.0 - late / (self.cfg.n_steps_decay + 1))
 
     def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor | float]:
         """D step on (input, real) vs (input, fake), then G step with D frozen
@@ -377,10 +365,6 @@ class Pix2Pix(GanModule):
         cfg = self.cfg
         real_a, real_b = batch["input"], batch["target"]
         opt_g, opt_d = self.optimizers["G"], self.optimizers["D"]
-        lr = cfg.lr * self._lr_factor()
-        for opt in (opt_g, opt_d):
-            for group in opt.param_groups:
-                group["lr"] = lr
 
         fake_b = self.net_g(real_a)
 
@@ -401,7 +385,6 @@ class Pix2Pix(GanModule):
         loss_g.backward()
         opt_g.step()
         self.net_d.requires_grad_(True)
-        self.steps_done += 1
 
         losses = {
             "G": loss_g,
@@ -411,9 +394,7 @@ class Pix2Pix(GanModule):
             "D_real": loss_d_real,
             "D_fake": loss_d_fake,
         }
-        out: dict[str, Tensor | float] = {k: v.detach() for k, v in losses.items()}
-        out["lr"] = lr
-        return out
+        return {k: v.detach() for k, v in losses.items()}
 
     # ---- inference -------------------------------------------------------------------
     @contextmanager

@@ -48,6 +48,7 @@ from augment.window import DISPLAY_WINDOW, WINDOWS, Window
 from gan.base import (
     RUN_CHECKPOINT,
     GanModule,
+    LinearDecayLR,
     config_from_dict,
     file_sha256,
     get_generator,
@@ -485,7 +486,7 @@ def train(
                 batch = module.make_batch(step_rng(cfg.seed, step), cfg.batch_size)
                 batch = _to_device(batch, device, cfg.channels_last)
                 with autocast:
-                    step_losses = module.training_step(batch)
+                    step_losses = train_step(module, batch, step)
                 done = step + 1
                 monitor.update(done, step_losses)
                 last = done == cfg.steps
@@ -528,6 +529,22 @@ def train(
         "config": str(config_path),
         "grids": grids,
     }
+
+
+def train_step(module: GanModule, batch: dict[str, Tensor], step: int | None = None) -> dict[str, Any]:
+    """One update of ``module`` on ``batch``: the learning-rate schedule (when the model
+    follows one, `LinearDecayLR`: every optimizer's rate set for update ``step``, default the
+    updates it has done, and returned as ``lr``), then ``module.training_step``."""
+    if not isinstance(module, LinearDecayLR):
+        return module.training_step(batch)
+    step = module.steps_done if step is None else step
+    lr = module.lr_at(step)
+    for opt in module.optimizers.values():
+        for group in opt.param_groups:
+            group["lr"] = lr
+    losses = module.training_step(batch)
+    module.steps_done = step + 1
+    return {**losses, "lr": lr}
 
 
 def _progress_bar(cfg: TrainConfig, name: str, start: int):
@@ -712,6 +729,7 @@ __all__ = [
     "init_seed",
     "resume_defaults",
     "train_generator",
+    "train_step",
     "remove_stale_run_files",
     "save_progress_grid",
     "step_rng",

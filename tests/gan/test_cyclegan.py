@@ -16,6 +16,7 @@ from gan.base import GanModule, config_from_dict
 from gan.cyclegan import CycleGAN, CycleGANConfig, ImagePool
 from gan.networks.resnet import ResnetBlock, ResnetGenerator
 from gan.preservation import lesion_preservation, summarise_preservation
+from gan.trainer import train_step
 
 SIZE = 32
 TINY = dict(ngf=4, ndf=4, n_blocks=1, n_layers_d=2, pool_size=3)
@@ -48,7 +49,7 @@ def _trained(domains, steps: int = 2, **changes) -> CycleGAN:
     model.prepare(*domains)
     for step in range(steps):
         torch.manual_seed(100 + step)
-        model.training_step(model.make_batch(np.random.default_rng(step), 2))
+        train_step(model, model.make_batch(np.random.default_rng(step), 2))
     return model
 
 
@@ -137,7 +138,7 @@ def test_training_step_losses_and_updates(domains):
     model = _model()
     model.prepare(*domains)
     before = {name: _params(getattr(model, name)) for name in ("g_ab", "g_ba", "d_a", "d_b")}
-    losses = model.training_step(model.make_batch(np.random.default_rng(0), 2))
+    losses = train_step(model, model.make_batch(np.random.default_rng(0), 2))
     for key in ("G", "G_AB", "G_BA", "cycle_A", "cycle_B", "idt_AB", "idt_BA", "D_A", "D_B"):
         assert torch.isfinite(losses[key]), key
         assert not losses[key].requires_grad
@@ -172,7 +173,7 @@ def test_each_optimizer_updates_only_its_networks(domains):
     opt_g.register_step_pre_hook(before_g)
     opt_g.register_step_post_hook(after_g)
     opt_d.register_step_pre_hook(before_d)
-    model.training_step(model.make_batch(np.random.default_rng(0), 2))
+    train_step(model, model.make_batch(np.random.default_rng(0), 2))
     assert seen["d_frozen"] and seen["d_no_grad"] and seen["d_unchanged_by_g"]
     assert all(_same(o, _params(n)) for o, n in zip(seen["g_before_d"], g_nets, strict=True))
     assert all(p.requires_grad for n in d_nets for p in n.parameters())  # unfrozen again
@@ -180,7 +181,7 @@ def test_each_optimizer_updates_only_its_networks(domains):
 
 def test_identity_loss_off(domains):
     model = _trained(domains, steps=1, lambda_identity=0.0)
-    losses = model.training_step(model.make_batch(np.random.default_rng(1), 2))
+    losses = train_step(model, model.make_batch(np.random.default_rng(1), 2))
     assert float(losses["idt_AB"]) == 0.0 and float(losses["idt_BA"]) == 0.0
 
 
@@ -188,7 +189,7 @@ def test_linear_lr_decay(domains):
     model = _model(n_steps_constant=1, n_steps_decay=2)
     model.prepare(*domains)
     rates = [
-        model.training_step(model.make_batch(np.random.default_rng(s), 1))["lr"] for s in range(4)
+        train_step(model, model.make_batch(np.random.default_rng(s), 1))["lr"] for s in range(4)
     ]
     # junyanz's rule 1 - max(0, s + 1 - n_const) / (n_decay + 1) for s = 0..3 (hand
     # computed; clipped at 0): 1, 2/3, 1/3, 0, times lr 2e-4.
@@ -226,7 +227,7 @@ def test_checkpoint_keeps_pool_and_resumes_exactly(domains, tmp_path):
     loaded.prepare(*domains)
     for m in (model, loaded):
         torch.manual_seed(123)
-        m.training_step(m.make_batch(np.random.default_rng(9), 2))
+        train_step(m, m.make_batch(np.random.default_rng(9), 2))
     for (k, v), w in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(v, w), k
 

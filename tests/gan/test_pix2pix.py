@@ -24,6 +24,7 @@ from gan.pix2pix_masks import (
     place_lesions,
     transform_mask,
 )
+from gan.trainer import train_step
 
 SIZE = 64
 TINY = {"size": SIZE, "ngf": 4, "ndf": 4}
@@ -55,7 +56,7 @@ def train(model: Pix2Pix, steps: int, batch_size: int = 2, seed: int = 0) -> dic
     rng = np.random.default_rng(seed)
     losses = {}
     for _ in range(steps):
-        losses = model.training_step(model.make_batch(rng, batch_size))
+        losses = train_step(model, model.make_batch(rng, batch_size))
     return losses
 
 
