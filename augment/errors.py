@@ -21,3 +21,8 @@ class ConfigError(LesionforgeError):
 
 class CheckpointError(LesionforgeError):
     """A checkpoint is missing, corrupt or was made by an incompatible model."""
+
+
+class NonFiniteLossError(LesionforgeError):
+    """A training loss became NaN or infinite (learning rate too high, or corrupt input):
+    training stopped before saving broken weights. Generators and task models alike."""

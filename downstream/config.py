@@ -142,6 +142,17 @@ class Strategy:
 
 
 @dataclass(frozen=True)
+class QualitySpec:
+    """The ``quality:`` section: how the harness evaluates each generator."""
+
+    fid_weights: str | None = None  # pytorch-fid Inception weights (a local file) for FID/KID
+
+    def given(self) -> dict[str, Any]:
+        """The options set (as written in YAML): what a run's cache key and record hold."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     data: DataSpec
@@ -151,7 +162,7 @@ class Experiment:
     tasks: dict[str, Any]  # "segment" -> SegmentSpec, "detect" -> DetectSpec
     generators: dict[str, GeneratorSpec]
     strategies: tuple[Strategy, ...]
-    quality: dict[str, Any] = field(default_factory=dict)  # fid_weights
+    quality: QualitySpec = field(default_factory=QualitySpec)
     out: str = "out/compare"
     # The full-data ceiling each gain is measured against: these strategies are also
     # trained on every training patient. `ceiling: true` in YAML = every strategy without
@@ -160,7 +171,9 @@ class Experiment:
     source: str = ""  # the YAML file it came from
 
     def as_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        d = json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        d["quality"] = self.quality.given()
+        return d
 
 
 # Seeds (and budgets) feed numpy's and torch's generators: at most 2^31 - 1.
@@ -194,8 +207,6 @@ def _ceiling(v: Any, strategies: list[Strategy], where: str) -> tuple[str, ...]:
     return tuple(v)
 
 
-# `quality:` section: fid_weights = pytorch-fid Inception weights for FID/KID (a local path).
-QUALITY_KEYS = {"fid_weights"}
 
 DETECT_BACKBONES = ("unet", "mobilenet_v3_large", "resnet50")
 
@@ -495,12 +506,9 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
         if max(budgets) > n_train:
             raise ConfigError(f"{where}: budget {max(budgets)} exceeds the {n_train} training patients of the "
                               f"phantom (data.n / data.slices_per_patient patients, split {list(split.fractions)})")
-    quality = _mapping(raw.get("quality"), f"{where}: quality")
-    unknown = sorted(set(quality) - QUALITY_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: quality: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(QUALITY_KEYS))}")
-    fid = quality.get("fid_weights")
-    if fid is not None and not (isinstance(fid, str) and Path(fid).is_file()):
+    quality = build_dataclass(QualitySpec, _mapping(raw.get("quality"), f"{where}: quality"), f"{where}: quality")
+    fid = quality.fid_weights
+    if fid is not None and not Path(fid).is_file():
         raise ConfigError(f"{where}: quality.fid_weights {fid!r}: no such file (pytorch-fid's Inception weights)")
     for key in ("name", "out"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
@@ -514,7 +522,7 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
         tasks=tasks,
         generators=generators,
         strategies=tuple(strategies),
-        quality=dict(quality),
+        quality=quality,
         out=str(raw.get("out") or f"out/{raw.get('name', 'compare')}"),
         ceiling=_ceiling(raw.get("ceiling", True), strategies, f"{where}: ceiling"),
         source=where,

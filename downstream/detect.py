@@ -44,7 +44,14 @@ from augment.errors import ConfigError
 @dataclass(frozen=True)
 class DetectorConfig:
     """Faster R-CNN options. No pretrained weights are downloaded: training starts from
-    random initialisation (BatchNorm trainable, as torchvision does without weights)."""
+    random initialisation (BatchNorm trainable, as torchvision does without weights).
+
+    The defaults describe the plain model (torchvision's RPN: not cost-sensitive, alpha 1,
+    one negative ratio). The harness never relies on them: `downstream.tasks.detector_config`
+    builds every field that matters from the experiment's `DetectSpec` (cost-sensitive by
+    default), its data (image size, classes, k-means anchors) and its segmenter. The
+    optimiser's settings are the spec's (`RecipeSpec.lr`), not the model's.
+    """
 
     backbone: str = "mobilenet_v3_large"  # or "resnet50"
     image_size: int = 128  # min_size = max_size = the data's size: no upscaling to 800
@@ -75,7 +82,6 @@ class DetectorConfig:
     # layer maps every 256 x 7 x 7 RoI feature to this width: 12.8M weights at 1024, a
     # quarter of the CPU step and most of the Adam update. A few lesion shapes need less.
     representation_size: int = 1024
-    lr: float = 1e-3
     # Pretrained backbone: "imagenet" (torchvision's weights, from the torch hub cache or
     # torchvision's own download) or a path to a state dict; None = from scratch.
     backbone_weights: str | None = None

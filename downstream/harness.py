@@ -435,7 +435,7 @@ def generator_quality(
     """SSIM/PSNR where a ground truth exists, FID/KID when weights are given, memorisation."""
     from gan.evaluate import evaluate_generator
 
-    key = config_hash({"ckpt": ginfo["key"], "syn": _fingerprint(synthetic), "q": exp.quality,
+    key = config_hash({"ckpt": ginfo["key"], "syn": _fingerprint(synthetic), "q": exp.quality.given(),
                        "val": _fingerprint(splits.val)})
     cache = root / f"{name}_{key}.json"
     if cache.exists():
@@ -446,7 +446,7 @@ def generator_quality(
     true_b = splits.target_val.samples() if splits.target_val is not None else None
     result = evaluate_generator(
         module, synthetic=synthetic.samples(), training=labelled.samples(), heldout=splits.val.samples(),
-        heldout_b=true_b, fid_weights=exp.quality.get("fid_weights"), seed=seed,
+        heldout_b=true_b, fid_weights=exp.quality.fid_weights, seed=seed,
         out=root / f"{name}_{key}",
     )
     row = {"generator": name, "budget": budget, "seed": seed, "train_seconds": ginfo["train_seconds"],

@@ -14,11 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from augment.errors import LesionforgeError
-
-
-class NonFiniteLossError(LesionforgeError):
-    """Training produced a NaN/inf loss (learning rate too high, or corrupt input)."""
+from augment.errors import NonFiniteLossError
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:

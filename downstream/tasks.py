@@ -140,7 +140,7 @@ def detector_config(spec: DetectSpec, labelled: SliceDataset, size: int, classes
 
     arch = segmenter if (spec.backbone == "unet" and spec.init == "segmenter" and segmenter) else spec
     cfg = DetectorConfig(backbone=spec.backbone, image_size=size, cost_sensitive=spec.cost_sensitive,
-                         alpha=spec.alpha, max_ratio=spec.max_ratio, lr=spec.lr,
+                         alpha=spec.alpha, max_ratio=spec.max_ratio,
                          representation_size=spec.representation_size,
                          box_batch_size_per_image=spec.box_batch_size_per_image,
                          rpn_pre_nms_top_n=tuple(spec.rpn_pre_nms_top_n),

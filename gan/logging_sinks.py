@@ -17,14 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from augment.errors import ConfigError, LesionforgeError
+from augment.errors import ConfigError, NonFiniteLossError
 from augment.sample import to_jsonable, write_bytes_atomic
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(LesionforgeError):
-    """A loss became NaN or infinite: training stopped before saving broken weights."""
 
 
 class LossMonitor:

@@ -36,7 +36,13 @@ from torch import Tensor
 
 from augment.config_types import check_fields
 from augment.datasets import SliceDataset
-from augment.errors import CheckpointError, ConfigError, DataError, LesionforgeError
+from augment.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    LesionforgeError,
+    NonFiniteLossError,
+)
 from augment.sample import (
     Sample,
     remove_stale_staging,
@@ -55,7 +61,7 @@ from gan.base import (
     read_checkpoint,
     resolve_device,
 )
-from gan.logging_sinks import JsonlSink, LossMonitor, NonFiniteLossError, Sinks, WandbSink
+from gan.logging_sinks import JsonlSink, LossMonitor, Sinks, WandbSink
 from gan.networks.small_maps import use_gemm_for_small_maps
 from gan.registry import MAX_BATCH_SIZE
 from gan.train_data import (

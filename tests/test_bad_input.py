@@ -217,7 +217,7 @@ BAD_CONFIGS = [
     ("strategies", [{"name": "none"}, {"name": "c", "augment": "nonsense"}], ["'c'", "nonsense"]),
     ("strategies", [{"name": "none"}, {"name": "p", "generators": ["pix2pix"], "ratio": "half"}],
      ["strategies[1].ratio", "number"]),
-    ("quality", {"n": 8}, ["quality", "unknown key", "n"]),
+    ("quality", {"n": 8}, ["quality", "unknown option", "n"]),
     ("quality", {"fid_weights": "/nope.pth"}, ["quality.fid_weights", "no such file"]),
     ("tasks.segment.base", 0, ["tasks.segment", "base", ">= 1"]),
     ("tasks.segment.window", "sausage", ["tasks.segment", "window 'sausage'"]),

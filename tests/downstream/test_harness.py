@@ -12,6 +12,7 @@ import pytest
 from augment.errors import DataError
 from downstream.config import experiment_from_dict
 from downstream.harness import LeakageError, Splits, prepare_data, run_compare
+from tests.conftest import TINY_GENERATORS
 
 TINY = {
     "name": "tiny",
@@ -27,7 +28,7 @@ TINY = {
                    "val_every": 1, "representation_size": 64, "box_batch_size_per_image": 16},
     },
     "generators": {"pix2pix": {"steps": 2, "batch_size": 2, "n_synthetic": 4,
-                               "config": {"ngf": 4, "ndf": 4, "n_layers_d": 2}}},
+                               "config": TINY_GENERATORS["pix2pix"]}},
     "strategies": [{"name": "none"}, {"name": "pix2pix", "generators": ["pix2pix"], "ratio": 0.5}],
 }  # fmt: skip
 

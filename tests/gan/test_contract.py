@@ -24,16 +24,12 @@ from gan.base import GanModule, get_generator
 from gan.registry import REGISTRY
 from gan.synthesize import synthesize_dataset
 from gan.trainer import TrainConfig, init_seed, train_generator
+from tests.conftest import TINY_BATCH, TINY_GENERATORS
 
 SIZE = 64  # phantom side (px): small enough for 2 CPU cores, big enough for 6 U-Net levels
 
-# Tiny widths so a step takes well under a second; everything else at its default.
-TINY: dict[str, dict] = {
-    "dcgan": {"nz": 8, "ngf": 4, "ndf": 4, "roi_size": 32},
-    "pix2pix": {"size": SIZE, "ngf": 4, "ndf": 4, "n_layers_d": 2},
-    "cyclegan": {"ngf": 4, "ndf": 4, "n_blocks": 1, "n_layers_d": 2, "pool_size": 2},
-}
-BATCH = {"dcgan": 4, "pix2pix": 2, "cyclegan": 1}
+# Tiny widths so a step takes well under a second (tests/conftest.py).
+TINY, BATCH = TINY_GENERATORS, TINY_BATCH
 # Models trained on two unpaired domains (data = domain A, data_b = domain B).
 UNPAIRED = {"cyclegan"}
 

@@ -17,9 +17,10 @@ from gan.cyclegan import CycleGAN, CycleGANConfig, ImagePool
 from gan.networks.resnet import ResnetBlock, ResnetGenerator
 from gan.preservation import lesion_preservation, summarise_preservation
 from gan.trainer import train_step
+from tests.conftest import TINY_GENERATORS
 
 SIZE = 32
-TINY = dict(ngf=4, ndf=4, n_blocks=1, n_layers_d=2, pool_size=3)
+TINY = {**TINY_GENERATORS["cyclegan"], "pool_size": 3}  # a pool that fills within two steps
 
 
 @pytest.fixture(autouse=True, scope="module")

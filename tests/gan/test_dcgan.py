@@ -17,9 +17,10 @@ from gan.base import GanModule, config_from_dict
 from gan.dcgan import DCGAN, DCGANConfig, lesion_rois
 from gan.networks.dcgan import DCGANDiscriminator, DCGANGenerator
 from gan.paste import clean_mask, feather_alpha, feather_reach, find_placement, paste
+from tests.conftest import TINY_GENERATORS
 
 ROI = 32
-TINY = dict(nz=8, ngf=4, ndf=4, roi_size=ROI)
+TINY = {**TINY_GENERATORS["dcgan"], "roi_size": ROI}
 
 
 @pytest.fixture(autouse=True, scope="module")

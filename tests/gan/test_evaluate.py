@@ -26,16 +26,11 @@ from gan.evaluate import evaluate_generator, evaluate_run
 from gan.pix2pix import Pix2Pix
 from gan.quality import FID_WEIGHTS_NAME
 from gan.trainer import train_generator
+from tests.conftest import TINY_BATCH, TINY_GENERATORS
 from tests.gan.test_quality import write_random_inception
 
 SIZE = 64  # phantom side: the smallest the contract tests train every model at
-# Tiny widths, as in test_contract.py.
-TINY: dict[str, dict] = {
-    "dcgan": {"nz": 8, "ngf": 4, "ndf": 4, "roi_size": 32},
-    "pix2pix": {"size": SIZE, "ngf": 4, "ndf": 4, "n_layers_d": 2},
-    "cyclegan": {"ngf": 4, "ndf": 4, "n_blocks": 1, "n_layers_d": 2, "pool_size": 2},
-}
-BATCH = {"dcgan": 4, "pix2pix": 2, "cyclegan": 1}
+TINY, BATCH = TINY_GENERATORS, TINY_BATCH  # tests/conftest.py
 
 
 @pytest.fixture(autouse=True)

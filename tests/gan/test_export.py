@@ -17,13 +17,9 @@ from gan.base import GanModule, read_checkpoint
 from gan.export import export_generator
 from gan.synthesize import synthesize_dataset
 from gan.trainer import train_generator
+from tests.conftest import TINY_GENERATORS as TINY
 from tests.gan.test_contract import NEEDS_SHAPE
 
-TINY = {
-    "dcgan": {"roi_size": 32, "nz": 8, "ngf": 4, "ndf": 4},
-    "pix2pix": {"ngf": 4, "ndf": 4, "n_layers_d": 2},
-    "cyclegan": {"ngf": 4, "ndf": 4, "n_blocks": 1, "n_layers_d": 2, "pool_size": 2},
-}
 DISCRIMINATORS = {"dcgan": ("netD",), "pix2pix": ("net_d",), "cyclegan": ("d_a", "d_b")}
 
 
