@@ -180,6 +180,23 @@ def _describe(tp: Any) -> str:
 
 
 
-def build_dataclass(cls: type, values: Any, where: str) -> Any:
-    """``cls(**values)`` after `check_fields` (keys and types; ``where.key`` in errors)."""
-    return cls(**check_fields(cls, values, source=where, sep="."))
+def build_dataclass(cls: type, values: Any, source: str | None = None, *, sep: str = ": ") -> Any:
+    """The one config builder: a (frozen) config dataclass from plain data (a YAML
+    section, a checkpoint's ``config``, CLI options).
+
+    Keys and types are checked first (`check_fields`: unknown keys, missing required keys
+    and values of the wrong type are refused naming ``source`` and the key; lists become
+    tuples where the field is a tuple). The dataclass's own ``__post_init__`` checks ranges;
+    its `ConfigError` is prefixed with ``source`` too, and any other failure to build
+    becomes a `ConfigError` naming ``source``.
+    """
+    values = check_fields(cls, values, source=source, sep=sep)
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        if source is None:
+            raise
+        raise ConfigError(f"{source}: {e}") from None
+    except (TypeError, ValueError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ConfigError(f"{source or cls.__qualname__}: invalid options ({reason})") from None

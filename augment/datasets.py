@@ -22,15 +22,10 @@ import torch
 from torch.utils.data import Dataset
 
 from augment.errors import ConfigError, DataError
-from augment.info import HuAudit, report
-from augment.sample import (
-    Sample,
-    budget_patients,
-    dataset_classes,
-    load_sample,
-    read_dataset,
-    split_by_patient,
-)
+from augment.folder import dataset_anatomy, dataset_classes, load_sample, read_dataset
+from augment.io.info import HuAudit, report
+from augment.sample import Sample
+from augment.splits import budget_patients, split_by_patient
 from augment.window import Window, get_window
 
 log = logging.getLogger(__name__)
@@ -88,10 +83,9 @@ class SliceDataset(Dataset):
         report(audit.pop(), strict=strict, logger=log)
 
     @property
-    def kind(self) -> str:
-        """The anatomy kind (``head-ich``/``liver``) when the folder records it."""
-        cfg = self.info.get("config") or {}
-        return str(cfg.get("kind") or self.info.get("anatomy") or self.info.get("kind", ""))
+    def anatomy(self) -> str | None:
+        """What the slices show (``head-ich``/``liver``) when the folder records it."""
+        return dataset_anatomy(self.info)
 
     @property
     def patient_ids(self) -> list[str]:

@@ -23,7 +23,8 @@ from matplotlib.patches import Rectangle
 from skimage.measure import find_contours
 
 from augment.errors import DataError
-from augment.sample import Sample, write_bytes_atomic
+from augment.sample import Sample
+from augment.storage import write_bytes_atomic
 from augment.window import WINDOWS, Window, display, get_window
 
 # One colour per lesion class (class k uses entry (k - 1) mod len): saturated hues that

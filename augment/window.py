@@ -58,6 +58,10 @@ class Window:
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    def as_pair(self) -> tuple[float, float]:
+        """``(center, width)``: how model configs and checkpoints store a window."""
+        return (float(self.center), float(self.width))
+
 
 # Display windows named as radiologists name them (center, width in HU).
 WINDOWS: dict[str, Window] = {

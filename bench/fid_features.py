@@ -1,4 +1,4 @@
-"""Inception feature extraction: pytorch-fid as shipped vs `gan.quality.InceptionFeatures`.
+"""Inception feature extraction: pytorch-fid as shipped vs `gan.evaluate.quality.InceptionFeatures`.
 
 Both run in this process on the same images and the same weights. The weights are
 random (Kaiming-initialised, saved in pytorch-fid's file layout): timing does not depend
@@ -29,7 +29,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gan import quality as q  # noqa: E402
+from gan.evaluate import quality as q  # noqa: E402
 
 
 def images(n: int, size: int, seed: int) -> np.ndarray:

@@ -12,7 +12,7 @@ alternating round by round because the machine is shared and noisy:
   ``optimize_parameters`` (BCE + 100 L1; LSGAN + 10 cycle + 0.5 * 10 identity, D
   frozen during the G step). Inputs are random tensors of the right shape.
 * **ours**: the real path. The model is built from its default config (sizes as
-  above), and `gan.trainer.train` runs ``warmup + steps`` steps on a few phantom
+  above), and `gan.train.trainer.train` runs ``warmup + steps`` steps on a few phantom
   slices with its default settings (no grids, one checkpoint at the end). The time of
   the timed steps comes from the ``steps_per_s`` the trainer logs at step ``warmup``
   and at the last step (both measured from the same start), so preparation, the
@@ -49,17 +49,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from augment.phantom import phantom_samples  # noqa: E402
-from augment.sample import Sample  # noqa: E402
+from augment.phantoms.render import phantom_samples  # noqa: E402
+from augment.sample import Sample
 from gan.base import GanModule, resolve_device  # noqa: E402
-from gan.cyclegan import CycleGAN, CycleGANConfig  # noqa: E402
-from gan.dcgan import DCGAN, DCGANConfig  # noqa: E402
+from gan.models.cyclegan import CycleGAN, CycleGANConfig  # noqa: E402
+from gan.models.dcgan import DCGAN, DCGANConfig  # noqa: E402
+from gan.models.pix2pix import Pix2Pix, Pix2PixConfig  # noqa: E402
 from gan.networks.dcgan import DCGANDiscriminator, DCGANGenerator  # noqa: E402
 from gan.networks.patchgan import NLayerDiscriminator  # noqa: E402
 from gan.networks.resnet import ResnetGenerator, init_normal_  # noqa: E402
 from gan.networks.unet import UnetGenerator  # noqa: E402
-from gan.pix2pix import Pix2Pix, Pix2PixConfig  # noqa: E402
-from gan.trainer import TrainConfig, train  # noqa: E402
+from gan.train.config import TrainConfig  # noqa: E402
+from gan.train.trainer import train  # noqa: E402
 
 MODELS = ("dcgan", "pix2pix", "cyclegan")
 SIZE = 128  # slice side of the measurements

@@ -1,6 +1,6 @@
 """How fast the embedded CT phantom writes a dataset, against a bare FBP of one slice.
 
-Times `augment.phantom.write_phantom` end to end (anatomy, simulated acquisition,
+Times `augment.phantoms.render.write_phantom` end to end (anatomy, simulated acquisition,
 mask/box derivation, files, manifest) into a temporary folder and prints slices per
 second and the projected time for 1,000 slices. The reference, measured in the same
 run, is skimage's ``radon`` + ``iradon`` of one slice at the same size, view count
@@ -24,8 +24,8 @@ from skimage.transform import iradon, radon
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from augment.ct_sim import MU_WATER, Protocol, n_angles  # noqa: E402
-from augment.phantom import DOMAINS, KINDS, render_anatomy, spacing, write_phantom  # noqa: E402
+from augment.phantoms.ct_sim import MU_WATER, Protocol, n_angles  # noqa: E402
+from augment.phantoms.render import DOMAINS, KINDS, render_anatomy, spacing, write_phantom  # noqa: E402
 
 
 def bare_fbp_seconds(kind: str, size: int, domain: str, seed: int, reps: int) -> float:

@@ -8,6 +8,7 @@ Heavy imports happen inside each command so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -25,7 +26,7 @@ EXIT_INTERRUPTED = 130
 
 
 def cmd_data_phantom(a: argparse.Namespace) -> None:
-    from augment.phantom import write_phantom
+    from augment.phantoms.render import write_phantom
 
     out = write_phantom(
         a.out, a.kind, a.n, size=a.size, domain=a.domain, seed=a.seed, overwrite=a.overwrite, progress=True
@@ -34,7 +35,7 @@ def cmd_data_phantom(a: argparse.Namespace) -> None:
 
 
 def cmd_data_import(a: argparse.Namespace) -> None:
-    from augment.io import import_dataset
+    from augment.io.ct import import_dataset
 
     window = None
     if a.window:
@@ -54,7 +55,7 @@ def cmd_data_import(a: argparse.Namespace) -> None:
         progress=sys.stderr.isatty(),
         strict=a.strict,
     )
-    from augment.info import dataset_info, format_info
+    from augment.io.info import dataset_info, format_info
 
     # The import has audited HU on the source files already; do not warn twice.
     print(format_info(dataset_info(out, audit=False)))
@@ -62,7 +63,7 @@ def cmd_data_import(a: argparse.Namespace) -> None:
 
 
 def cmd_data_info(a: argparse.Namespace) -> None:
-    from augment.info import dataset_info, format_info
+    from augment.io.info import dataset_info, format_info
 
     print(format_info(dataset_info(a.dir, verify=a.verify, strict=a.strict)))
 
@@ -88,7 +89,7 @@ def cmd_data_export(a: argparse.Namespace) -> None:
     if not volumes:
         if len(a.dirs) != 1:
             raise ConfigError(f"data export --format {a.format}: one dataset folder at a time")
-        from augment.io import export_boxes
+        from augment.io.ct import export_boxes
 
         path = export_boxes(a.dirs[0], a.format, window=a.window)
         what = "COCO instance masks + PNGs" if a.format == "coco" else "VOC boxes"
@@ -96,7 +97,7 @@ def cmd_data_export(a: argparse.Namespace) -> None:
         return
     if a.out is None:
         raise ConfigError(f"data export --format {a.format}: give --out")
-    from augment.export_nnunet import export_nifti, export_nnunet
+    from augment.io.nnunet import export_nifti, export_nnunet
 
     common = {"restack": a.restack, "overwrite": a.overwrite, "progress": sys.stderr.isatty()}
     if a.format == "nnunet":
@@ -111,7 +112,7 @@ def cmd_data_export(a: argparse.Namespace) -> None:
 def cmd_augment_preview(a: argparse.Namespace) -> None:
     import numpy as np
 
-    from augment.classical import build_augmenter
+    from augment.classical.pipeline import build_augmenter
     from augment.datasets import SliceDataset
     from augment.viz import preview_augmentations
     from augment.window import DISPLAY_WINDOW
@@ -123,7 +124,7 @@ def cmd_augment_preview(a: argparse.Namespace) -> None:
     order = rng.permutation(len(ds))
     picked = [i for i in order if ds.load(int(i)).has_lesion][: a.n] or list(order[: a.n])
     samples = [ds.load(int(i)) for i in picked]
-    window = a.window or DISPLAY_WINDOW.get(ds.kind, "brain")
+    window = a.window or DISPLAY_WINDOW.get(ds.anatomy, "brain")
     path = preview_augmentations(
         samples, augmenter, rng, a.out, n_aug=a.n_aug, window=window,
         class_names=ds.info.get("classes"),
@@ -147,7 +148,8 @@ def cmd_gan_train(a: argparse.Namespace) -> None:
         )
     from gan.base import resolve_device
     from gan.registry import REGISTRY, preset_text
-    from gan.trainer import resume_defaults, train_generator
+    from gan.train.run_folder import resume_defaults
+    from gan.train.trainer import train_generator
 
     steps, batch_size, base_config, default_batch = a.steps, a.batch_size, None, None
     if a.resume and a.preset is None:
@@ -195,7 +197,7 @@ def cmd_gan_evaluate(a: argparse.Namespace) -> None:
     for option, value, low in (("--n", a.n, 2), ("--seed", a.seed, 0)):
         if value < low:
             raise ConfigError(f"{option} must be >= {low}, got {value}")
-    from gan.evaluate import evaluate_run
+    from gan.evaluate.protocol import evaluate_run
 
     result = evaluate_run(
         a.run,
@@ -235,7 +237,7 @@ def cmd_synthesize(a: argparse.Namespace) -> None:
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
-    from downstream.harness import run_compare
+    from downstream.harness.compare import run_compare
 
     report = run_compare(a.config, out=a.out, seed=a.seed, device=a.device)
     print(f"report: {report}")
@@ -252,7 +254,7 @@ PIPELINES_CONFIG = "pipelines"  # `configs show` name of augment's named-pipelin
 
 
 def _shipped_files() -> dict[str, Path]:
-    from augment.classical import DEFAULT_CONFIG
+    from augment.classical.pipeline import DEFAULT_CONFIG
     from downstream.config import shipped_configs
 
     return {**shipped_configs(), PIPELINES_CONFIG: DEFAULT_CONFIG}
@@ -273,7 +275,7 @@ def cmd_configs_list(a: argparse.Namespace) -> None:
     for name, path in files.items():
         print(f"  {name:<15} {_first_comment(path)}")
     print("augmentation pipelines (`--pipeline NAME`, or `--pipeline my.yaml:NAME` for an edited copy):")
-    from augment.classical import load_pipelines
+    from augment.classical.pipeline import load_pipelines
 
     print(f"  {PIPELINES_CONFIG:<15} {', '.join(load_pipelines(pipelines))}")
 
@@ -489,12 +491,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gan", help="train and evaluate generators").add_subparsers(
         dest="gan_command", required=True, metavar="SUBCOMMAND"
     )
-    from gan.registry import MAX_BATCH_SIZE, REGISTRY, presets_help
+    from gan.registry import MAX_BATCH_SIZE, PRESET_NAMES, REGISTRY, presets_help
+    from gan.train.config import TrainConfig
+
+    TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
     tr = g.add_parser("train", parents=[common, device], help=f"train {', '.join(REGISTRY)}",
                       epilog=presets_help())
     tr.add_argument("model", choices=list(REGISTRY))
-    tr.add_argument("--preset", choices=["auto", "cpu", "paper"],
+    tr.add_argument("--preset", choices=["auto", *PRESET_NAMES],
                     help="training size: steps, batch and network widths (below); with --resume "
                     "the run's own unless given (default: auto)")
     tr.add_argument("--data", type=Path, required=True, help="training dataset folder (domain A for CycleGAN)")
@@ -515,9 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue from RUN/last.pt with the run's own steps, batch size and model "
                     "options (no other flag needed; a larger --steps trains further)")
     tr.add_argument("--wandb", action="store_true", help="log to wandb (offline unless configured)")
-    tr.add_argument("--ckpt-every", type=int, default=500,
+    tr.add_argument("--ckpt-every", type=int, default=TRAIN_DEFAULTS["ckpt_every"],
                     help="write RUN/last.pt (and a numbered copy) every N steps; 0: only at the end (default: %(default)s)")
-    tr.add_argument("--grid-every", type=int, default=250,
+    tr.add_argument("--grid-every", type=int, default=TRAIN_DEFAULTS["grid_every"],
                     help="write a progress grid PNG every N steps; 0: only at the end (default: %(default)s)")
     tr.set_defaults(func=cmd_gan_train)
 

@@ -63,7 +63,7 @@ class SplitSpec:
 
 @dataclass(frozen=True)
 class RecipeSpec:
-    """The training recipe both tasks share (`downstream.recipe`)."""
+    """The training recipe both tasks share (`downstream.harness.recipe`)."""
 
     steps: int = 300
     batch_size: int = 8
@@ -81,6 +81,15 @@ class SegmentSpec(RecipeSpec):
     arch: str = "unet"  # "unet" | "attention-unet"
     base: int = 16
     depth: int = 3
+
+    @property
+    def uses_segmenter(self) -> bool:
+        """Whether this task starts from the segmenter trained in the same run."""
+        return False
+
+    def unet_depth(self, segment: SegmentSpec | None) -> int | None:
+        """Depth of the U-Net this task runs (slices must be a multiple of 2^depth)."""
+        return self.depth
 
 
 @dataclass(frozen=True)
@@ -107,17 +116,29 @@ class DetectSpec(RecipeSpec):
     theta: float = 0.5  # image-level "bleed present" threshold on the best box score
     kmeans_anchors: bool = True
     representation_size: int = 1024  # box head width (torchvision's default)
-    box_batch_size_per_image: int = 64  # RoIs per slice for the box head (downstream.detect)
+    box_batch_size_per_image: int = 64  # RoIs per slice for the box head (downstream.models.detect)
     # RPN proposals kept per image before / after its NMS, (training, test): NMS over
-    # thousands of anchors of a 32 px patch was 20 % of a CPU step (downstream.detect).
+    # thousands of anchors of a 32 px patch was 20 % of a CPU step (downstream.models.detect).
     rpn_pre_nms_top_n: tuple[int, int] = (1000, 500)
     detach_box_head: bool = False  # unet backbone: box head trained on detached features (faster)
     rpn_fg_iou_thresh: float = 0.7  # anchor IoU for an RPN positive (torchvision's 0.7; small lesions: 0.5)
     rpn_bg_iou_thresh: float = 0.3
     rpn_post_nms_top_n: tuple[int, int] = (300, 100)
     # unet backbone: the segmentation head's lesion components join the RPN's proposals
-    # (downstream.detect.SegmentationProposalHeads): small lesions the anchors miss.
+    # (downstream.models.detect.SegmentationProposalHeads): small lesions the anchors miss.
     seg_proposals: bool = False
+
+    @property
+    def uses_segmenter(self) -> bool:
+        """Whether this task starts from the segmenter trained in the same run."""
+        return self.backbone == "unet" and self.init == "segmenter"
+
+    def unet_depth(self, segment: SegmentSpec | None) -> int | None:
+        """Depth of the U-Net backbone (the segmenter's when it starts from it); None for
+        torchvision's backbones, which take any size."""
+        if self.backbone != "unet":
+            return None
+        return segment.depth if self.uses_segmenter and segment is not None else self.depth
 
 
 @dataclass(frozen=True)
@@ -135,7 +156,7 @@ class Strategy:
     """One augmentation strategy: what is added to the labelled real slices."""
 
     name: str
-    augment: str | None = None  # classical pipeline name (augment.classical)
+    augment: str | None = None  # classical pipeline name (augment.classical.pipeline)
     generators: tuple[str, ...] = ()  # synthetic data from these generators
     ratio: float = 0.5  # fraction of synthetic slices in each batch
     synthetic_only: bool = False  # train on synthetic slices alone
@@ -300,7 +321,7 @@ def _check_data(data: DataSpec, where: str) -> None:
     if (data.phantom is None) == (data.folder is None):
         raise ConfigError(f"{where}: data needs exactly one of 'phantom' or 'folder'")
     if data.phantom is not None:
-        from augment.phantom import check_phantom_args
+        from augment.phantoms.render import check_phantom_args
 
         try:
             check_phantom_args(data.phantom, data.domain, data.size)
@@ -403,12 +424,12 @@ def load_split_file(path: Path, fold: int, where: str) -> dict[str, tuple[str, .
 
 def phantom_train_patients(data: DataSpec, split: SplitSpec) -> int:
     """Training patients a phantom study will have: known before a slice is rendered."""
-    from augment.sample import split_by_patient
+    from augment.splits import split_by_patient
 
     if split.parts is not None:
         return len(split.parts["train"])
     spp = data.slices_per_patient
-    patient_ids = [f"p{i // spp:03d}" for i in range(data.n)]  # augment.phantom's numbering
+    patient_ids = [f"p{i // spp:03d}" for i in range(data.n)]  # augment.phantoms.render's numbering
     return len({patient_ids[i] for i in split_by_patient(patient_ids, split.fractions, seed=split.seed)["train"]})
 
 
@@ -418,9 +439,9 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(unknown)}")
-    data = build_dataclass(DataSpec, raw.get("data"), f"{where}: data")
+    data = build_dataclass(DataSpec, raw.get("data"), f"{where}: data", sep=".")
     _check_data(data, where)
-    split = build_dataclass(SplitSpec, raw.get("split"), f"{where}: split")
+    split = build_dataclass(SplitSpec, raw.get("split"), f"{where}: split", sep=".")
     if split.parts is not None:
         raise ConfigError(f"{where}: split.parts is filled from split.file; do not set it")
     if split.file is not None:
@@ -440,7 +461,7 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
     for name, spec in tasks_raw.items():
         if name not in TASKS:
             raise ConfigError(f"{where}: unknown task {name!r}; known: {', '.join(TASKS)}")
-        tasks[name] = build_dataclass(SegmentSpec if name == "segment" else DetectSpec, spec, f"{where}: tasks.{name}")
+        tasks[name] = build_dataclass(SegmentSpec if name == "segment" else DetectSpec, spec, f"{where}: tasks.{name}", sep=".")
     for name, spec in tasks.items():
         _check_recipe(spec, f"{where}: tasks.{name}")
     det = tasks.get("detect")
@@ -463,10 +484,8 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
             model = get_generator(name)
         except ConfigError as e:
             raise ConfigError(f"{where}: generators: {e}") from None
-        g = build_dataclass(GeneratorSpec, spec, f"{where}: generators.{name}")
-        from gan.base import config_from_dict
-
-        config_from_dict(model.Config, g.config, source=f"{where}: generators.{name}.config")
+        g = build_dataclass(GeneratorSpec, spec, f"{where}: generators.{name}", sep=".")
+        build_dataclass(model.Config, g.config, source=f"{where}: generators.{name}.config")
         for key in ("steps", "batch_size", "n_synthetic"):
             if getattr(g, key) < 1:
                 raise ConfigError(f"{where}: generators.{name}.{key} must be >= 1, got {getattr(g, key)}")
@@ -476,7 +495,7 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
         raise ConfigError(f"{where}: strategies: expected a list of {{name: ...}} entries")
     strategies = []
     for i, spec in enumerate(strategies_raw):
-        s = build_dataclass(Strategy, spec, f"{where}: strategies[{i}]")
+        s = build_dataclass(Strategy, spec, f"{where}: strategies[{i}]", sep=".")
         for g in s.generators:
             if g not in generators:
                 raise ConfigError(f"{where}: strategy {s.name!r} uses generator {g!r} with no 'generators.{g}' section")
@@ -485,7 +504,7 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
         if s.synthetic_only and not s.generators:
             raise ConfigError(f"{where}: strategy {s.name!r} is synthetic_only but names no generator")
         if s.augment is not None:
-            from augment.classical import build_augmenter
+            from augment.classical.pipeline import build_augmenter
 
             try:
                 build_augmenter(s.augment)
@@ -506,7 +525,7 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
         if max(budgets) > n_train:
             raise ConfigError(f"{where}: budget {max(budgets)} exceeds the {n_train} training patients of the "
                               f"phantom (data.n / data.slices_per_patient patients, split {list(split.fractions)})")
-    quality = build_dataclass(QualitySpec, _mapping(raw.get("quality"), f"{where}: quality"), f"{where}: quality")
+    quality = build_dataclass(QualitySpec, _mapping(raw.get("quality"), f"{where}: quality"), f"{where}: quality", sep=".")
     fid = quality.fid_weights
     if fid is not None and not Path(fid).is_file():
         raise ConfigError(f"{where}: quality.fid_weights {fid!r}: no such file (pytorch-fid's Inception weights)")

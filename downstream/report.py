@@ -23,8 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from augment.sample import write_bytes_atomic  # noqa: E402
-from downstream.stats import mean_sd  # noqa: E402
+from augment.storage import write_bytes_atomic
+from downstream.evaluation.stats import mean_sd  # noqa: E402
 
 PRIMARY = {"segment": ("dice", "Dice"), "detect": ("mAP50", "mAP@0.5")}
 SECONDARY = {
@@ -140,7 +140,7 @@ def _mark(values: str, undertrained: int) -> str:
 
 
 def _task_section(task: str, rows: list[dict[str, Any]], exp, out: Path, verdicts: list[str]) -> list[Block]:
-    from downstream.stats import decide
+    from downstream.evaluation.stats import decide
 
     key, label = PRIMARY[task]
     blocks = [Block("h2", f"{'Segmentation' if task == 'segment' else 'Detection'}: {label}")]

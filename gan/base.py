@@ -2,11 +2,11 @@
 
 A model is one `GanModule` subclass with an entry in `gan.registry.REGISTRY`, found by
 name with `get_generator`. It declares what it is in class attributes (``name``,
-``Config``, ``needs_data_b``, ``paired_reference``, ``translates_hosts``) and writes five
+``Config``, ``unpaired``, ``paired_reference``, ``translates_hosts``) and writes five
 things: its ``Config`` dataclass, ``__init__`` (networks + optimizers),
 ``prepare`` (turn labelled slices into training tensors), ``make_batch`` and
 ``training_step`` (one optimisation step, returning its losses), and ``synthesize``
-(labelled samples from hosts). `gan.trainer` owns devices, seeding, checkpoints,
+(labelled samples from hosts). `gan.train.trainer` owns devices, seeding, checkpoints,
 resume, logging and progress; this base class owns `sample`/`save`/`load`, so every
 module *is* a `Generator` in the sense of DESIGN.md.
 
@@ -27,6 +27,7 @@ import pickle
 import re
 import warnings
 import zipfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -35,9 +36,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from augment.config_types import check_fields, show_value
+from augment.config_types import build_dataclass, show_value
 from augment.errors import CheckpointError, ConfigError
-from augment.sample import Sample, sha256_bytes, to_jsonable, versions, write_bytes_atomic
+from augment.sample import Sample
+from augment.storage import sha256_bytes, to_jsonable, versions, write_bytes_atomic
+from augment.window import DISPLAY_WINDOW, MODEL_WINDOW, WINDOWS, Window
 from gan.registry import REGISTRY
 
 # The generator classes by name, imported from `gan.registry.REGISTRY` on first use (tests
@@ -66,29 +69,6 @@ def get_generator(name: str) -> type[GanModule]:
     return GENERATORS[name]
 
 
-def config_from_dict(
-    cls: type, values: Mapping[str, Any] | None, *, source: str | None = None
-) -> Any:
-    """Build a (frozen) config dataclass from plain data (YAML, a checkpoint's ``config``).
-
-    Unknown keys, missing required keys and values of the wrong type (by the field's
-    annotation: int, float, bool, str, tuples, ``X | None``...) are refused with a
-    `ConfigError` naming ``source`` (a file, or ``FILE: config``) and the key; lists
-    become tuples where the field is a tuple. The dataclass's own ``__post_init__``
-    checks ranges; its `ConfigError` is prefixed with ``source`` too.
-    """
-    where = source or cls.__qualname__
-    values = check_fields(cls, values, source=source)
-    try:
-        return cls(**values)
-    except ConfigError as e:
-        if source is None:
-            raise
-        raise ConfigError(f"{source}: {e}") from None
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: invalid options ({short_reason(e)})") from None
-
-
 @runtime_checkable
 class Generator(Protocol):
     """What users and the harness rely on (DESIGN.md)."""
@@ -107,11 +87,11 @@ class Generator(Protocol):
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Generator: ...
 
 
-class GanModule(nn.Module):
+class GanModule(nn.Module, ABC):
     """Base class of DCGAN, pix2pix and CycleGAN.
 
     Subclasses set ``Config`` (a frozen dataclass whose defaults follow the paper) and
-    implement the methods below that raise ``NotImplementedError`` here.
+    implement the four abstract methods below (a class missing one cannot be built).
     """
 
     # Its key in `gan.registry.REGISTRY` (also written into every checkpoint).
@@ -122,8 +102,8 @@ class GanModule(nn.Module):
     training_only: ClassVar[tuple[str, ...]] = ()
     # Unpaired translation (CycleGAN) trains on a second domain (``data_b``, --data-b);
     # every other model on one dataset.
-    needs_data_b: ClassVar[bool] = False
-    # What SSIM/PSNR compares against (`gan.evaluate.paired_quality`): "own-mask" (the model
+    unpaired: ClassVar[bool] = False
+    # What SSIM/PSNR compares against (`gan.evaluate.paired.paired_quality`): "own-mask" (the model
     # regenerates a held-out lesion slice from that slice's own mask: ``reconstruct`` and
     # ``condition``, pix2pix), "target-domain" (a held-out slice translated, against its true
     # rendering in the target domain: ``translate``, CycleGAN), or None (nothing to compare
@@ -142,24 +122,24 @@ class GanModule(nn.Module):
         self.data_info: dict[str, Any] = {}
 
     # ---- what a model writes ------------------------------------------------
+    @abstractmethod
     def prepare(self, data: Sequence[Sample], data_b: Sequence[Sample] | None = None) -> None:
         """Turn labelled training slices into the tensors ``make_batch`` draws from."""
-        raise NotImplementedError
 
+    @abstractmethod
     def make_batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, Tensor]:
         """One training batch (CPU tensors), every random choice drawn from ``rng``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor | float]:
         """One optimisation step on ``batch`` (already on the device); returns its losses."""
-        raise NotImplementedError
 
+    @abstractmethod
     def synthesize(
         self, n: int, *, rng: np.random.Generator, hosts: Sequence[Sample]
     ) -> list[Sample]:
         """``n`` labelled synthetic samples in HU, using ``hosts`` as the real slices that
         receive lesions (DCGAN, pix2pix) or are translated (CycleGAN)."""
-        raise NotImplementedError
 
     # ---- what a model may check before training (cheap: no network is built) ----
     @classmethod
@@ -192,6 +172,34 @@ class GanModule(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def anatomy(self) -> str | None:
+        """What the training slices show (``head-ich``/``liver``): the model's own
+        ``anatomy`` option, else its data's (``data_info``; checkpoints before 0.2 call it
+        ``kind``); None when neither says."""
+        value = (getattr(self.cfg, "anatomy", None) or self.data_info.get("anatomy")
+                 or self.data_info.get("kind"))
+        return value if value in DISPLAY_WINDOW else None
+
+    def model_window(self) -> Window:
+        """The HU window the networks see: the model's ``window``, else its anatomy's
+        model window."""
+        if getattr(self.cfg, "window", None) is not None:
+            return Window(*self.cfg.window)
+        if self.anatomy is not None:
+            return WINDOWS[MODEL_WINDOW[self.anatomy]]
+        raise ConfigError(f"{self.name}: no HU window in its config, and no anatomy to take one from")
+
+    def display_window(self) -> Window:
+        """The window figures show its slices in: the anatomy's display window (e.g. brain
+        40/80), else the model window, else the brain window."""
+        if self.anatomy is not None:
+            return WINDOWS[DISPLAY_WINDOW[self.anatomy]]
+        try:
+            return self.model_window()
+        except ConfigError:
+            return WINDOWS["brain"]
 
     def sample(
         self, n: int, *, seed: int, conditions: Sequence[Sample] | None = None
@@ -234,11 +242,11 @@ class GanModule(nn.Module):
     def fit(
         self, data: Sequence[Sample], cfg: Any, log: Any = None, *, data_b: Sequence[Sample] | None = None
     ) -> dict[str, Any]:
-        """Train in place with `gan.trainer.train` (Generator protocol); ``cfg`` is a
-        `gan.trainer.TrainConfig`, ``data_b`` the target domain of unpaired models. ``log``
+        """Train in place with `gan.train.trainer.train` (Generator protocol); ``cfg`` is a
+        `gan.train.trainer.TrainConfig`, ``data_b`` the target domain of unpaired models. ``log``
         is accepted for the protocol; the trainer logs to ``cfg.out`` (and wandb).
         Returns the trainer's summary (step, losses, checkpoint)."""
-        from gan.trainer import train
+        from gan.train.trainer import train
 
         return train(self, data, data_b, cfg)
 
@@ -332,7 +340,7 @@ class GanModule(nn.Module):
         if model_cls.name != name:
             raise CheckpointError(f"{path}: is a {name} checkpoint, not {model_cls.name}")
         try:
-            cfg = config_from_dict(model_cls.Config, ckpt["config"], source=f"{path}: config")
+            cfg = build_dataclass(model_cls.Config, ckpt["config"], source=f"{path}: config")
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
         module = model_cls(cfg)
@@ -365,7 +373,7 @@ class LinearDecayLR:
     ``cfg.lr`` for the first ``cfg.n_steps_constant`` updates, then down linearly over
     ``cfg.n_steps_decay`` more (0: constant): ``1 - max(0, step + 1 - n_constant) /
     (n_decay + 1)``, the epoch formula of pytorch-CycleGAN-and-pix2pix counted in steps.
-    The trainer applies it (`gan.trainer.train` sets every optimizer's rate to `lr_at`
+    The trainer applies it (`gan.train.trainer.train` sets every optimizer's rate to `lr_at`
     before each update) and counts the updates into ``steps_done``, which travels in the
     state dict as extra state (the checkpoint format these models have always had).
     """
@@ -560,7 +568,7 @@ def check_finite(ckpt: Mapping[str, Any], path: str | os.PathLike) -> None:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    from augment.sample import sha256_file
+    from augment.storage import sha256_file
 
     return sha256_file(path)
 

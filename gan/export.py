@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from augment.errors import ConfigError
-from augment.sample import write_bytes_atomic
+from augment.storage import write_bytes_atomic
 from gan.base import GanModule, file_sha256, read_checkpoint, resolve_checkpoint
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,9 @@ Presets (`gan train --preset`) are named training sizes, as plain data:
 - ``cpu``: the demo's settings (``configs/demo.yaml``), measured there to train in one to
   two minutes on 2 CPU cores and to give pasteable lesions (DCGAN: fewer steps leave the
   mask channel empty).
+- ``tiny``: widths so small that a step takes well under a second, for checking that a
+  pipeline runs end to end (what the test suite trains every generator at). Nothing it
+  makes is meant to look like a lesion.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# The largest batch `gan train` accepts (`gan.trainer.TrainConfig`): the papers train at 1
+# The largest batch `gan train` accepts (`gan.train.trainer.TrainConfig`): the papers train at 1
 # (pix2pix, CycleGAN) to 128 (DCGAN); far beyond that a batch only runs out of memory.
 MAX_BATCH_SIZE = 1024
 
@@ -31,35 +34,47 @@ MAX_BATCH_SIZE = 1024
 @dataclass(frozen=True)
 class GeneratorEntry:
     """One generator: where its class lives (``"module:Class"``), what it does in one line,
-    and its presets (``{"paper"|"cpu": {"steps", "batch_size", "config"}}``)."""
+    and its presets (``{"paper"|"cpu"|"tiny": {"steps", "batch_size", "config"}}``)."""
 
     cls: str
     summary: str
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        missing = sorted(set(PRESET_NAMES) - set(self.presets))
+        if missing:
+            raise ValueError(f"gan.registry: {self.cls} has no {', '.join(missing)} preset")
+
+
+PRESET_NAMES = ("paper", "cpu", "tiny")
+
 
 REGISTRY: dict[str, GeneratorEntry] = {
     "dcgan": GeneratorEntry(
-        "gan.dcgan:DCGAN", "lesion ROIs + masks from noise, pasted into real slices",
+        "gan.models.dcgan:DCGAN", "lesion ROIs + masks from noise, pasted into real slices",
         presets={
             "paper": {"steps": 1000, "batch_size": 64, "config": {}},
             "cpu": {"steps": 400, "batch_size": 16,
                     "config": {"roi_size": 32, "ngf": 16, "ndf": 16, "spectral_norm": True}},
+            "tiny": {"steps": 2, "batch_size": 4, "config": {"nz": 8, "ngf": 4, "ndf": 4, "roi_size": 32}},
         },
     ),
     "pix2pix": GeneratorEntry(
-        "gan.pix2pix:Pix2Pix", "new lesion masks painted into real slices (mask -> CT, paired)",
+        "gan.models.pix2pix:Pix2Pix", "new lesion masks painted into real slices (mask -> CT, paired)",
         presets={
             "paper": {"steps": 1000, "batch_size": 1, "config": {}},
             "cpu": {"steps": 120, "batch_size": 4, "config": {"ngf": 16, "ndf": 16}},
+            "tiny": {"steps": 2, "batch_size": 2, "config": {"ngf": 4, "ndf": 4, "n_layers_d": 2}},
         },
     ),
     "cyclegan": GeneratorEntry(
-        "gan.cyclegan:CycleGAN", "labelled slices translated to another scanner (unpaired A -> B)",
+        "gan.models.cyclegan:CycleGAN", "labelled slices translated to another scanner (unpaired A -> B)",
         presets={
             "paper": {"steps": 1000, "batch_size": 1, "config": {}},
             "cpu": {"steps": 100, "batch_size": 1,
                     "config": {"ngf": 8, "ndf": 16, "n_blocks": 3, "pool_size": 20}},
+            "tiny": {"steps": 2, "batch_size": 1,
+                     "config": {"ngf": 4, "ndf": 4, "n_blocks": 1, "n_layers_d": 2, "pool_size": 2}},
         },
     ),
 }
@@ -77,5 +92,6 @@ def presets_help() -> str:
     for name, entry in REGISTRY.items():
         for preset, values in entry.presets.items():
             lines.append(f"  {name} {preset}: {preset_text(values)}")
-    lines.append("auto = paper on CUDA, cpu otherwise (cpu: minutes on 2 cores; paper: hours on a CPU)")
+    lines.append("auto = paper on CUDA, cpu otherwise (cpu: minutes on 2 cores; paper: hours on a CPU; "
+                 "tiny: seconds, to check a pipeline runs)")
     return "\n".join(lines)

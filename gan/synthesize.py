@@ -3,7 +3,7 @@
 Samples are made in chunks; chunk ``c`` is sampled with seed `chunk_seed` ``(seed, c)``,
 so the output is a function of (checkpoint, hosts, n, seed, chunk) alone, and the
 first full chunks of a larger run equal those of a smaller one. The folder is staged
-and renamed by `augment.sample.DatasetWriter`: an interrupted run leaves nothing that
+and renamed by `augment.folder.DatasetWriter`: an interrupted run leaves nothing that
 looks like a dataset.
 """
 
@@ -22,9 +22,11 @@ import numpy as np
 
 from augment.datasets import SliceDataset
 from augment.errors import CheckpointError, ConfigError, DataError
-from augment.sample import DatasetWriter, Sample, check_replaceable, to_jsonable
+from augment.folder import DatasetWriter, check_replaceable, dataset_anatomy
+from augment.sample import Sample
+from augment.storage import to_jsonable
 from gan.base import GanModule, file_sha256, read_checkpoint, resolve_checkpoint, resolve_device
-from gan.train_data import open_dataset
+from gan.train.data import open_dataset
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +190,8 @@ def synthesize_dataset(
     try:
         with DatasetWriter(
             out,
-            kind="synthetic",
+            provenance="synthetic",
+            anatomy=dataset_anatomy(host_info),
             config={"n": n, "seed": seed, "chunk": chunk, "export": export},
             classes={int(k): v for k, v in (host_info.get("classes") or {}).items()},
             spacing=host_info.get("spacing"),
@@ -221,7 +224,7 @@ def synthesize_dataset(
     finally:
         bar.close()
     if export is not None:
-        from augment.io import export_boxes
+        from augment.io.ct import export_boxes
 
         export_boxes(out, export)
     log.info("wrote %d %s slices to %s", n, module.name, out)

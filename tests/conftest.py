@@ -1,9 +1,9 @@
 """What the test suite shares: the tiny sizes the generator tests train at.
 
-Generators train at widths so small that a step takes well under a second on a CPU;
-every other option stays at the model's default or what the data implies (slice size,
-window, classes: `gan.train_data.data_defaults`). A new generator adds its entry here:
-`tests/gan/test_contract.py` fails for a registered generator without one.
+They are each generator's ``tiny`` preset (`gan.registry`): widths so small that a step
+takes well under a second on a CPU; every other option stays at the model's default or
+what the data implies (slice size, window, classes: `gan.train.data.data_defaults`). A
+new generator brings its own with its registry entry.
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ import copy
 
 import pytest
 
-TINY_GENERATORS: dict[str, dict] = {
-    "dcgan": {"nz": 8, "ngf": 4, "ndf": 4, "roi_size": 32},
-    "pix2pix": {"ngf": 4, "ndf": 4, "n_layers_d": 2},
-    "cyclegan": {"ngf": 4, "ndf": 4, "n_blocks": 1, "n_layers_d": 2, "pool_size": 2},
-}
+from gan.registry import REGISTRY
+
+TINY_GENERATORS: dict[str, dict] = {n: e.presets["tiny"]["config"] for n, e in REGISTRY.items()}
 # Batch per step for those runs (pix2pix and CycleGAN draw whole slices; DCGAN lesion ROIs).
-TINY_BATCH: dict[str, int] = {"dcgan": 4, "pix2pix": 2, "cyclegan": 1}
+TINY_BATCH: dict[str, int] = {n: e.presets["tiny"]["batch_size"] for n, e in REGISTRY.items()}
 
 
 @pytest.fixture

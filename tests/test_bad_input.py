@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from augment.phantom import write_phantom
-from augment.sample import remove_stale_staging, write_bytes_atomic
+from augment.phantoms.render import write_phantom
+from augment.storage import remove_stale_staging, write_bytes_atomic
 from downstream.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

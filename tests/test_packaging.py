@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from augment.classical import DEFAULT_CONFIG, build_augmenter, load_pipelines
+from augment.classical.pipeline import DEFAULT_CONFIG, build_augmenter, load_pipelines
 from augment.errors import ConfigError
 from downstream.cli import main
 from downstream.config import CONFIG_DIR, load_experiment, resolve_experiment, shipped_configs
@@ -47,7 +47,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_ships_every_config_as_package_data(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "augment/pipelines.yaml" in names
+    assert "augment/classical/pipelines.yaml" in names
     shipped = {
         Path(n).stem for n in names if n.startswith("downstream/configs/") and n.endswith(".yaml")
     }
@@ -69,7 +69,7 @@ def test_unpacked_wheel_runs_configs_and_resolves_studies_outside_the_checkout(w
     # One interpreter (imports dominate): the commands' output, then what the modules resolve.
     script = """
 import contextlib, io, sys
-import augment.classical as c, downstream
+import augment.classical.pipeline as c, downstream
 from downstream.cli import main
 from downstream.config import load_experiment
 from downstream.demo import DEMO_CONFIG
@@ -118,7 +118,7 @@ def test_compare_resolves_a_shipped_name_from_any_directory(tmp_path, monkeypatc
 
 def test_every_named_pipeline_builds_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert DEFAULT_CONFIG.parent == ROOT / "augment"
+    assert DEFAULT_CONFIG.parent == ROOT / "augment" / "classical"
     for name in load_pipelines(DEFAULT_CONFIG):
         assert build_augmenter(name).name == name
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from augment.phantom import write_phantom
-from gan.trainer import train_generator
+from augment.phantoms.render import write_phantom
+from gan.train.trainer import train_generator
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from augment.classical import (
+from augment.classical.pipeline import (
     DEFAULT_CONFIG,
     OPS,
     PIPELINES,

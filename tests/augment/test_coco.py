@@ -11,8 +11,9 @@ from PIL import Image
 from scipy import ndimage
 
 from augment.errors import ConfigError, DataError
-from augment.io_boxes import export_boxes, read_coco, rle_encode
-from augment.sample import Sample, write_dataset
+from augment.folder import write_dataset
+from augment.io.boxes import export_boxes, read_coco, rle_encode
+from augment.sample import Sample
 from augment.window import Window
 from downstream.cli import main
 
@@ -34,7 +35,7 @@ def folder(tmp_path):
     samples.append(Sample(np.zeros((20, 30), np.float32), np.zeros((20, 30), np.uint8),
                           meta={"id": "p2_s001", "patient_id": "p2"}))  # fmt: skip
     return write_dataset(
-        tmp_path / "ds", samples, kind="phantom", config={"kind": "head-ich"},
+        tmp_path / "ds", samples, provenance="phantom", config={"kind": "head-ich"},
         classes={1: "IPH", 2: "IVH"},
     )  # fmt: skip
 
@@ -123,7 +124,7 @@ def test_reexport_replaces_only_its_own(folder, tmp_path):
 
 
 def test_window_is_required_when_the_anatomy_is_unknown(tmp_path):
-    folder = write_dataset(tmp_path / "ds", [lesions("a")], kind="import")
+    folder = write_dataset(tmp_path / "ds", [lesions("a")], provenance="import")
     with pytest.raises(ConfigError, match=r"records no anatomy .*\(--window NAME or CENTER,WIDTH"):
         export_boxes(folder, "coco")
     with pytest.raises(ConfigError, match="unknown window 'lungs'"):

@@ -7,7 +7,8 @@ from torch.utils.data import DataLoader
 
 from augment.datasets import Collate, MixedDataset, SliceDataset, collate, load_samples
 from augment.errors import ConfigError, DataError
-from augment.sample import Sample, write_dataset
+from augment.folder import write_dataset
+from augment.sample import Sample
 from augment.window import Window
 
 
@@ -22,12 +23,12 @@ def _sample(i: int, synthetic: bool = False) -> Sample:
 
 @pytest.fixture
 def real_dir(tmp_path):
-    return write_dataset(tmp_path / "real", [_sample(i) for i in range(12)], kind="t")
+    return write_dataset(tmp_path / "real", [_sample(i) for i in range(12)], provenance="t")
 
 
 @pytest.fixture
 def syn_dir(tmp_path):
-    return write_dataset(tmp_path / "syn", [_sample(100 + i, True) for i in range(5)], kind="synthetic")
+    return write_dataset(tmp_path / "syn", [_sample(100 + i, True) for i in range(5)], provenance="synthetic")
 
 
 def _shift(s: Sample, rng: np.random.Generator) -> Sample:

@@ -12,9 +12,10 @@ import pytest
 
 from augment.datasets import load_samples
 from augment.errors import ConfigError, DataError
-from augment.export_nnunet import export_nifti, export_nnunet, patient_folds
-from augment.io import import_dataset
-from augment.sample import Sample, read_dataset, write_dataset
+from augment.folder import read_dataset, write_dataset
+from augment.io.ct import import_dataset
+from augment.io.nnunet import export_nifti, export_nnunet, patient_folds
+from augment.sample import Sample
 from downstream.cli import main
 from tests.augment.ct_builders import displayed, phantom_volume, write_nifti
 
@@ -43,7 +44,7 @@ def slice_sample(patient: int, k: int, synthetic: bool = False, sid: str | None 
 def real(tmp_path) -> Path:
     samples = [slice_sample(p, k) for p in range(3) for k in range(3)]
     return write_dataset(
-        tmp_path / "real", samples, kind="phantom", config={"kind": "head-ich"},
+        tmp_path / "real", samples, provenance="phantom", config={"kind": "head-ich"},
         classes=CLASSES, spacing=[0.8, 0.7],
     )  # fmt: skip
 
@@ -54,7 +55,7 @@ def synthetic(tmp_path) -> Path:
     samples = [slice_sample(0, 1, True, "syn_000000"), slice_sample(0, 1, True, "syn_000001")]
     samples.append(slice_sample(2, 0, True, "syn_000002"))
     return write_dataset(
-        tmp_path / "syn", samples, kind="synthetic", classes=CLASSES,
+        tmp_path / "syn", samples, provenance="synthetic", classes=CLASSES,
         extra={"generator": "pix2pix"},
     )  # fmt: skip
 
@@ -189,14 +190,14 @@ def test_export_names_classes_consecutively_and_refuses_conflicts(real, tmp_path
     mask = np.where(base.mask == 2, 5, 0).astype(np.uint8)
     mask[0, 0] = 1
     folder = write_dataset(tmp_path / "sparse", [base.replace(mask=mask)],
-                           kind="import", classes={1: "IPH", 5: "SAH"})  # fmt: skip
+                           provenance="import", classes={1: "IPH", 5: "SAH"})  # fmt: skip
     out = export_nnunet([folder], tmp_path / "raw")
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["labels"] == {"background": 0, "IPH": 1, "SAH": 2}
     assert meta["lesionforge"]["class_ids"] == {"1": 1, "5": 2}
     label = np.asarray(nib.load(out / "labelsTr" / "p0_s001.nii.gz").dataobj)
     assert set(np.unique(label)) == {0, 1, 2}
-    other = write_dataset(tmp_path / "other", [slice_sample(0, 0)], kind="import",
+    other = write_dataset(tmp_path / "other", [slice_sample(0, 0)], provenance="import",
                           classes={1: "lesion", 2: "IVH"})
     with pytest.raises(DataError, match=r"class 1 is 'lesion' here but 'IPH'"):
         export_nnunet([real, other], tmp_path / "raw3")

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from augment.errors import DataError
-from augment.info import dataset_info, format_info
-from augment.sample import Sample, write_dataset
+from augment.folder import write_dataset
+from augment.io.info import dataset_info, format_info
+from augment.sample import Sample
 
 
 def body_slice(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +50,7 @@ def make_dataset(tmp_path):
             meta={"id": "syn_0", "patient_id": "p2", "synthetic": True, "generator": "pix2pix"},
         ),
     ]
-    folder = write_dataset(tmp_path / "ds", samples, kind="mixed", classes={1: "ich", 2: "edema"})
+    folder = write_dataset(tmp_path / "ds", samples, provenance="mixed", classes={1: "ich", 2: "edema"})
     bodies = [a_body, b_body, c_body]
     return folder, samples, bodies
 

@@ -23,10 +23,11 @@ from PIL import Image
 
 from augment.datasets import SliceDataset
 from augment.errors import ConfigError, DataError
-from augment.info import dataset_info
-from augment.io import import_dataset
-from augment.phantom import _samples, phantom_samples, write_phantom
-from augment.sample import Sample, read_dataset, write_dataset
+from augment.folder import read_dataset, write_dataset
+from augment.io.ct import import_dataset
+from augment.io.info import dataset_info
+from augment.phantoms.render import _samples, phantom_samples, write_phantom
+from augment.sample import Sample
 from downstream.cli import main
 from tests.augment.ct_builders import phantom_volume, write_dicom_series, write_nifti
 
@@ -210,7 +211,7 @@ def constant_and_hot_dataset(out: Path) -> Path:
     hot = rng.normal(40, 5, (16, 16))
     hot[3, 3] = 1e30
     samples.append(Sample(hot, np.zeros((16, 16)), meta={"id": "hot"}))
-    return write_dataset(out, samples, kind="import")
+    return write_dataset(out, samples, provenance="import")
 
 
 def test_info_warns_on_constant_and_implausible_images_strict_fails(tmp_path, capsys, caplog):
@@ -234,7 +235,7 @@ def test_many_bad_images_give_one_warning(tmp_path, caplog):
     flat = [
         Sample(np.full((8, 8), -1000.0), np.zeros((8, 8)), meta={"id": f"f{i}"}) for i in range(9)
     ]
-    data = write_dataset(tmp_path / "d", flat, kind="import")
+    data = write_dataset(tmp_path / "d", flat, provenance="import")
     info = dataset_info(data)
     assert info["problems"] == warnings_of(caplog)
     (line,) = info["problems"]
@@ -571,7 +572,7 @@ def test_png_window_must_be_finite(tmp_path, capsys, center, width, words):
 def test_phantom_refuses_what_the_disk_cannot_hold(tmp_path, capsys, monkeypatch):
     import shutil as shutil_module
 
-    from augment import sample as sample_module
+    from augment import storage as sample_module
 
     usage = shutil_module.disk_usage(tmp_path)
     monkeypatch.setattr(
@@ -638,10 +639,10 @@ def test_overwrite_keeps_a_user_file_inside_a_dataset(data, capsys):
     assert (data / "my_annotations.csv").read_text() == "mine\n"
     (data / "my_annotations.csv").unlink()
     (data / "voc").mkdir()  # what `data export` writes there is lesionforge's own
-    from augment import sample
-    from augment.io_boxes import COCO_DIR, COCO_FILE, VOC_DIR
+    from augment import folder
+    from augment.io.boxes import COCO_DIR, COCO_FILE, VOC_DIR
 
-    assert {VOC_DIR, COCO_FILE, COCO_DIR} <= sample._DATASET_ENTRIES
+    assert {VOC_DIR, COCO_FILE, COCO_DIR} <= folder._DATASET_ENTRIES
     assert (
         main(["data", "phantom", "--n", "2", "--size", "32", "--out", str(data), "--overwrite"])
         == 0

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from augment.datasets import MixedDataset, SliceDataset
-from augment.interop import MONAI_KEYS, MonaiDict, monai_collate, to_monai_dict
-from augment.sample import Sample, write_dataset
+from augment.folder import write_dataset
+from augment.io.monai import MONAI_KEYS, MonaiDict, monai_collate, to_monai_dict
+from augment.sample import Sample
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -28,9 +29,9 @@ def sample(sid: str, synthetic: bool = False) -> Sample:
 @pytest.fixture
 def folders(tmp_path):
     real = write_dataset(tmp_path / "real", [sample(f"p{i}_s000") for i in range(4)],
-                         kind="phantom", config={"kind": "head-ich"})  # fmt: skip
+                         provenance="phantom", config={"kind": "head-ich"})  # fmt: skip
     syn = write_dataset(tmp_path / "syn", [sample(f"sy{i}", True) for i in range(3)],
-                        kind="synthetic")  # fmt: skip
+                        provenance="synthetic")  # fmt: skip
     return real, syn
 
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from augment.errors import ConfigError, DataError
-from augment.io import LabelMap, import_dataset, parse_lesion_labels
-from augment.sample import load_sample, read_dataset
+from augment.folder import load_sample, read_dataset
+from augment.io.ct import LabelMap, import_dataset, parse_lesion_labels
 from tests.augment.ct_builders import (
     displayed,
     phantom_volume,
@@ -66,7 +66,7 @@ def test_ct_ich_layout_keeps_hu_spacing_and_orientation(tmp_path):
     hu, labels = make_ct_ich(tmp_path / "src")
     out = import_dataset(tmp_path / "src", tmp_path / "out")
     info, records, samples = load_all(out)
-    assert info["kind"] == "import" and info["layout"] == "ct-ich"
+    assert info["provenance"] == "import" and info["layout"] == "ct-ich"
     assert info["classes"] == {"1": "lesion"}
     assert info["spacing"] == [0.8, 0.8]
     assert [s.id for s in samples[:2]] == ["049_s000", "049_s001"]

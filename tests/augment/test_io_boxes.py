@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from augment.errors import ConfigError, DataError
-from augment.io_boxes import export_boxes, read_coco, read_voc, write_coco, write_voc
-from augment.sample import Sample, write_dataset
+from augment.folder import write_dataset
+from augment.io.boxes import export_boxes, read_coco, read_voc, write_coco, write_voc
+from augment.sample import Sample
 
 
 def two_lesions(sid: str = "p1_s004") -> Sample:
@@ -101,7 +102,7 @@ def test_coco_reader_errors(tmp_path):
 def test_export_boxes_into_a_dataset(tmp_path):
     samples = [two_lesions("p1_s004"), two_lesions("p1_s005")]
     folder = write_dataset(
-        tmp_path / "ds", samples, kind="phantom", classes={1: "ich", 2: "edema"},
+        tmp_path / "ds", samples, provenance="phantom", classes={1: "ich", 2: "edema"},
         config={"kind": "head-ich"},
     )  # fmt: skip
     voc = export_boxes(folder, "voc")

@@ -8,9 +8,9 @@ import pydicom
 import pytest
 
 from augment.errors import DataError
-from augment.io import import_dataset
-from augment.io_volumes import read_nifti
-from augment.sample import load_sample, read_dataset
+from augment.folder import load_sample, read_dataset
+from augment.io.ct import import_dataset
+from augment.io.volumes import read_nifti
 from tests.augment.ct_builders import (
     displayed,
     series_affine,

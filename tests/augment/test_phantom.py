@@ -16,20 +16,11 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import pdist
 
-from augment.ct_sim import Protocol, acquire
 from augment.errors import ConfigError
-from augment.phantom import (
-    CLASSES,
-    DOMAINS,
-    TISSUES,
-    phantom_samples,
-    render_anatomy,
-    render_slice,
-    spacing,
-    write_phantom,
-)
-from augment.phantom_geom import NOMINAL_SLICES
-from augment.phantom_head import (
+from augment.folder import load_sample, read_dataset
+from augment.phantoms.ct_sim import Protocol, acquire
+from augment.phantoms.geometry import NOMINAL_SLICES
+from augment.phantoms.head import (
     BLOOD,
     BONE,
     BONE_RIM_PX,
@@ -40,9 +31,20 @@ from augment.phantom_head import (
     WHITE,
     sample_head_patient,
 )
-from augment.phantom_liver import AORTA, KIDNEY, LIVER, MUSCLE, SPLEEN, SUBCUT, VISCERAL
-from augment.phantom_liver import BONE as VERTEBRA
-from augment.sample import boxes_from_mask, load_sample, read_dataset, split_by_patient
+from augment.phantoms.liver import AORTA, KIDNEY, LIVER, MUSCLE, SPLEEN, SUBCUT, VISCERAL
+from augment.phantoms.liver import BONE as VERTEBRA
+from augment.phantoms.render import (
+    CLASSES,
+    DOMAINS,
+    TISSUES,
+    phantom_samples,
+    render_anatomy,
+    render_slice,
+    spacing,
+    write_phantom,
+)
+from augment.sample import boxes_from_mask
+from augment.splits import split_by_patient
 from downstream.cli import main
 
 IPH, IVH, EDH, SDH, SAH = 1, 2, 3, 4, 5
@@ -601,7 +603,7 @@ def test_cli_writes_a_valid_dataset(tmp_path):
     ]
     assert main(argv) == 0
     info, records = read_dataset(out)
-    assert info["kind"] == "phantom" and info["config"]["kind"] == "head-ich"
+    assert info["provenance"] == "phantom" and info["anatomy"] == "head-ich" and "kind" not in info
     assert info["classes"] == {str(k): v for k, v in CLASSES["head-ich"].items()}
     assert info["spacing"] == spacing("head-ich", 48)
     assert len(records) == 10 and info["n_patients"] == 2  # 8 slices per patient

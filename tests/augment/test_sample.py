@@ -7,16 +7,9 @@ import numpy as np
 import pytest
 
 from augment.errors import DataError
-from augment.sample import (
-    DatasetWriter,
-    Sample,
-    boxes_from_mask,
-    budget_patients,
-    load_sample,
-    read_dataset,
-    split_by_patient,
-    write_dataset,
-)
+from augment.folder import DatasetWriter, load_sample, read_dataset, write_dataset
+from augment.sample import Sample, boxes_from_mask
+from augment.splits import budget_patients, split_by_patient
 
 
 def make_sample(i: int = 0, patient: str = "p000") -> Sample:
@@ -62,9 +55,9 @@ def test_replace_rederives_boxes_from_new_mask():
 
 def test_dataset_roundtrip_and_manifest(tmp_path):
     samples = [make_sample(i, f"p{i % 2:03d}") for i in range(4)]
-    out = write_dataset(tmp_path / "ds", samples, kind="test", classes={1: "a", 2: "b"}, spacing=[0.5, 0.5])
+    out = write_dataset(tmp_path / "ds", samples, provenance="test", classes={1: "a", 2: "b"}, spacing=[0.5, 0.5])
     info, records = read_dataset(out)
-    assert info["n_samples"] == 4 and info["n_patients"] == 2 and info["kind"] == "test"
+    assert info["n_samples"] == 4 and info["n_patients"] == 2 and info["provenance"] == "test" and info["anatomy"] is None
     assert records[0]["image"] == "img/p000_s000.npy" and records[0]["synthetic"] is False
     back = load_sample(out, records[1], verify=True)
     np.testing.assert_array_equal(back.image, samples[1].image)
@@ -75,25 +68,25 @@ def test_dataset_roundtrip_and_manifest(tmp_path):
 
 def test_same_samples_give_identical_bytes(tmp_path):
     samples = [make_sample(i) for i in range(3)]
-    a = write_dataset(tmp_path / "a", samples, kind="t")
-    b = write_dataset(tmp_path / "b", samples, kind="t")
+    a = write_dataset(tmp_path / "a", samples, provenance="t")
+    b = write_dataset(tmp_path / "b", samples, provenance="t")
     for name in ["manifest.jsonl", "dataset.json", "img/p000_s001.npy", "mask/p000_s001.png"]:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
 def test_interrupted_write_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
-        with DatasetWriter(tmp_path / "ds", kind="t") as w:
+        with DatasetWriter(tmp_path / "ds", provenance="t") as w:
             w.add(make_sample(0))
             raise RuntimeError("crash")
     assert os.listdir(tmp_path) == []
 
 
 def test_existing_output_is_refused_unless_overwrite(tmp_path):
-    write_dataset(tmp_path / "ds", [make_sample(0)], kind="t")
+    write_dataset(tmp_path / "ds", [make_sample(0)], provenance="t")
     with pytest.raises(DataError, match="already exists"):
-        write_dataset(tmp_path / "ds", [make_sample(1)], kind="t")
-    write_dataset(tmp_path / "ds", [make_sample(1)], kind="t", overwrite=True)
+        write_dataset(tmp_path / "ds", [make_sample(1)], provenance="t")
+    write_dataset(tmp_path / "ds", [make_sample(1)], provenance="t", overwrite=True)
     _, records = read_dataset(tmp_path / "ds")
     assert [r["id"] for r in records] == ["p000_s001"]
     assert sorted(os.listdir(tmp_path)) == ["ds"]
@@ -103,7 +96,7 @@ def test_read_dataset_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty"):
         read_dataset(tmp_path / "empty")
-    out = write_dataset(tmp_path / "ds", [make_sample(0)], kind="t")
+    out = write_dataset(tmp_path / "ds", [make_sample(0)], provenance="t")
     rec = read_dataset(out)[1][0]
     (out / rec["image"]).write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(DataError, match="p000_s000.npy"):
@@ -116,7 +109,7 @@ def test_read_dataset_errors(tmp_path):
 
 
 def test_load_sample_detects_shape_mismatch(tmp_path):
-    out = write_dataset(tmp_path / "ds", [make_sample(0)], kind="t")
+    out = write_dataset(tmp_path / "ds", [make_sample(0)], provenance="t")
     rec = read_dataset(out)[1][0]
     np.save(out / rec["image"], np.zeros((5, 5), np.float32))
     with pytest.raises(DataError, match="differs from image shape"):
@@ -144,7 +137,20 @@ def test_label_budgets_are_nested():
 def test_manifest_records_meta_as_json(tmp_path):
     s = make_sample(0)
     s.meta.update(spacing=(0.7, 0.7), synthetic=True, generator="dcgan", seed=np.int64(7))
-    out = write_dataset(tmp_path / "ds", [s], kind="t")
+    out = write_dataset(tmp_path / "ds", [s], provenance="t")
     rec = json.loads((out / "manifest.jsonl").read_text())
     assert rec["spacing"] == [0.7, 0.7] and rec["seed"] == 7 and rec["generator"] == "dcgan"
     assert set(rec["sha256"]) == {"image", "mask"}
+
+
+def test_provenance_and_anatomy_are_explicit_and_old_folders_still_read():
+    from augment.folder import dataset_anatomy, dataset_provenance
+
+    new = {"provenance": "import", "anatomy": "liver", "config": {"anatomy": "liver"}}
+    assert dataset_provenance(new) == "import" and dataset_anatomy(new) == "liver"
+    # Folders written before 0.2 said `kind` for where slices came from, and put the
+    # anatomy in the phantom's config (or in `kind` itself for imports).
+    old_phantom = {"kind": "phantom", "config": {"kind": "head-ich"}}
+    assert dataset_provenance(old_phantom) == "phantom" and dataset_anatomy(old_phantom) == "head-ich"
+    assert dataset_anatomy({"kind": "import", "anatomy": "liver"}) == "liver"
+    assert dataset_anatomy({"provenance": "import", "anatomy": None}) is None

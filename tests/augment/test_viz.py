@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from augment.classical import build_augmenter
+from augment.classical.pipeline import build_augmenter
 from augment.errors import DataError
 from augment.sample import Sample
 from augment.viz import (

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from augment.sample import load_sample, read_dataset
+from augment.folder import load_sample, read_dataset
 from downstream.cli import main
 
 

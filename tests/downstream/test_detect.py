@@ -7,7 +7,7 @@ import torch
 from augment.datasets import collate
 from augment.errors import ConfigError
 from augment.sample import Sample
-from downstream.detect import (
+from downstream.models.detect import (
     CostSensitiveRPN,
     DetectorConfig,
     build_detector,
@@ -126,8 +126,8 @@ def _unet_cfg(**kw):
 
 
 def test_unet_detector_starts_from_the_segmenter_and_learns_with_its_segmentation_loss():
-    from downstream.detect import detection_loss, load_segmenter_weights
-    from downstream.segment import UNet
+    from downstream.models.detect import detection_loss, load_segmenter_weights
+    from downstream.models.segment import UNet
 
     torch.manual_seed(0)
     seg = UNet(1, 2, base=4, depth=2, attention=True)
@@ -144,7 +144,7 @@ def test_unet_detector_starts_from_the_segmenter_and_learns_with_its_segmentatio
     loss, parts = detection_loss(model, batch, torch.device("cpu"), aux_weight=1.0)
     assert "aux_segmentation" in parts and "loss_objectness" in parts
     # The auxiliary term is the segmentation head's Dice + CE on the batch's masks.
-    from downstream.segment import dice_ce_loss
+    from downstream.models.segment import dice_ce_loss
 
     ref, _ = dice_ce_loss(model.backbone.last_logits, batch["mask"])
     assert torch.allclose(parts["aux_segmentation"], ref.detach())
@@ -183,7 +183,7 @@ def test_backbone_weights_from_a_file_and_a_clear_error_for_missing_imagenet(tmp
 
 
 def test_segmentation_proposals_are_the_segmenters_lesion_components():
-    from downstream.detect import segmentation_proposals
+    from downstream.models.detect import segmentation_proposals
 
     logits = torch.zeros(1, 2, 32, 32)
     logits[0, 1, 5:9, 10:16] = 10.0  # one lesion: rows 5..8, columns 10..15
@@ -199,7 +199,7 @@ def test_segmentation_proposals_are_the_segmenters_lesion_components():
 def test_box_head_sees_the_segmentation_proposals(monkeypatch):
     from torchvision.models.detection.roi_heads import RoIHeads
 
-    from downstream.detect import SegmentationProposalHeads
+    from downstream.models.detect import SegmentationProposalHeads
 
     plain = build_detector(_unet_cfg(), num_classes=2)
     model = build_detector(_unet_cfg(seg_proposals=True), num_classes=2)
@@ -226,7 +226,7 @@ def test_box_head_sees_the_segmentation_proposals(monkeypatch):
 
 
 def segmentation_proposals_of(model, batch):
-    from downstream.detect import segmentation_proposals
+    from downstream.models.detect import segmentation_proposals
 
     images, _ = to_detection_inputs(batch, torch.device("cpu"), 1)
     transformed, _ = model.transform(images)

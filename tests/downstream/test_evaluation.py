@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from augment.sample import Sample
-from downstream.evaluation import evaluate_segmentation
+from downstream.evaluation.evaluate import evaluate_segmentation
 
 
 def _slice(patient: str, mask: np.ndarray, i: int) -> Sample:
@@ -36,7 +36,7 @@ def test_lesion_free_patients_do_not_enter_dice_but_their_false_positives_count(
 
 
 def test_detection_froc_point_at_both_hit_criteria():
-    from downstream.evaluation import evaluate_detection
+    from downstream.evaluation.evaluate import evaluate_detection
 
     lesion = np.zeros((16, 16), np.uint8)
     lesion[4:7, 4:7] = 1  # a 3 x 3 px lesion: box [4, 4, 7, 7]

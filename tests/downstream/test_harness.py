@@ -11,7 +11,7 @@ import pytest
 
 from augment.errors import DataError
 from downstream.config import experiment_from_dict
-from downstream.harness import LeakageError, Splits, prepare_data, run_compare
+from downstream.harness.compare import LeakageError, Splits, prepare_data, run_compare
 from tests.conftest import TINY_GENERATORS
 
 TINY = {
@@ -73,7 +73,8 @@ def test_generators_saw_only_the_labelled_patients(compared):
     assert set(data["patient_ids"]) == set(splits.labelled(2, 0).patient_ids)
     # The synthetic set is written by gan.synthesize_dataset, as `gan synthesize` writes one:
     # same format, same seed scheme, traced to its checkpoint and hosts.
-    from augment.sample import read_dataset, sha256_file
+    from augment.folder import read_dataset
+    from augment.storage import sha256_file
 
     (syn,) = [p for p in (out / "synthetic").iterdir() if p.name.startswith("pix2pix")]
     info, records = read_dataset(syn)
@@ -126,14 +127,14 @@ def test_report_has_every_section_with_numbers_from_the_runs(compared):
 
 def test_cached_rerun_recomputes_nothing(compared, monkeypatch):
     out, report = compared
-    import downstream.tasks
-    import gan.trainer
+    import downstream.harness.tasks
+    import gan.train.trainer
 
     def fail(*a, **k):
         raise AssertionError("a cached rerun must not train anything")
 
-    monkeypatch.setattr(gan.trainer, "train", fail)
-    monkeypatch.setattr(downstream.tasks, "run_task", fail)
+    monkeypatch.setattr(gan.train.trainer, "train", fail)
+    monkeypatch.setattr(downstream.harness.tasks, "run_task", fail)
     before = (out / "results.jsonl").read_text()
     run_compare(experiment_from_dict(TINY), out=out, progress=False)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -193,10 +194,10 @@ def test_bad_configs_fail_before_any_work(change, message):
 
 
 def test_a_patch_larger_than_the_slices_is_refused_before_training(tmp_path, monkeypatch):
-    import gan.trainer
+    import gan.train.trainer
     from augment.errors import ConfigError
 
-    monkeypatch.setattr(gan.trainer, "train", lambda *a, **k: pytest.fail("trained before checking sizes"))
+    monkeypatch.setattr(gan.train.trainer, "train", lambda *a, **k: pytest.fail("trained before checking sizes"))
     raw = {**TINY, "tasks": {"segment": {**TINY["tasks"]["segment"], "patch": 96}}}
     with pytest.raises(ConfigError, match="larger than the 64 px slices"):
         run_compare(experiment_from_dict(raw), out=tmp_path, progress=False)

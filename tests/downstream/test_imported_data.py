@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from augment.errors import ConfigError
-from augment.phantom import render_slice, spacing
+from augment.phantoms.render import render_slice, spacing
 from downstream.cli import main
 from downstream.config import experiment_from_dict
-from downstream.harness import run_compare
+from downstream.harness.compare import run_compare
 from tests.augment.ct_builders import write_nifti
 
 SIZE = 64
@@ -68,7 +68,7 @@ def imported(tmp_path_factory):
 def test_compare_runs_on_imported_liver_volumes(imported):
     root, folder = imported
     info = json.loads((folder / "dataset.json").read_text())
-    assert info["config"]["kind"] == "liver" and info["layout"] == "lits"
+    assert info["anatomy"] == info["config"]["anatomy"] == "liver" and info["layout"] == "lits"
     report = run_compare(experiment(folder), out=root / "compare", progress=False)
     text = report.read_text()
     assert "## Segmentation: Dice" in text and "## Detection: mAP@0.5" in text
@@ -89,7 +89,7 @@ def test_imported_folder_without_anatomy_is_a_clear_error(imported, tmp_path):
         run_compare(experiment(bare), out=tmp_path / "c", progress=False)
     with pytest.raises(ConfigError, match="unknown anatomy"):
         run_compare(experiment(bare, anatomy="lung"), out=tmp_path / "c2", progress=False)
-    from augment.io import import_dataset
+    from augment.io.ct import import_dataset
 
     with pytest.raises(ConfigError, match="import: unknown anatomy 'lung'"):
         import_dataset(root / "src", tmp_path / "lung", anatomy="lung")

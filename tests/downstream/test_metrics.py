@@ -5,8 +5,8 @@ import pytest
 from scipy.spatial.distance import directed_hausdorff
 from scipy.stats import mannwhitneyu
 
-from downstream import metrics as M
-from downstream.stats import mean_sd
+from downstream.evaluation import metrics as M
+from downstream.evaluation.stats import mean_sd
 
 
 def test_dice_iou_hand_case():
@@ -149,7 +149,7 @@ def test_report_says_when_every_patient_improved_but_the_test_cannot_tell():
 
 
 def test_sensitivity_at_one_fp_per_slice_by_hand():
-    from downstream.metrics import sensitivity_at_fp
+    from downstream.evaluation.metrics import sensitivity_at_fp
 
     lesion = np.array([[10, 10, 20, 20]], float)
     miss = np.array([[40, 40, 50, 50]], float)

@@ -9,7 +9,7 @@ import torch
 
 from augment.errors import ConfigError
 from augment.sample import Sample
-from downstream.recipe import (
+from downstream.harness.recipe import (
     PatchDataset,
     Validator,
     crop_sample,

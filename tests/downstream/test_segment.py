@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from downstream.segment import UNet, dice_ce_loss, predict, train_one_epoch
+from downstream.models.segment import UNet, dice_ce_loss, predict, train_one_epoch
 
 
 @pytest.mark.parametrize("attention", [False, True])
@@ -79,7 +79,7 @@ def test_a_few_steps_learn_to_segment_a_disk():
 
 
 def test_several_lesion_classes_add_an_any_lesion_dice_and_decode_lesion_first():
-    from downstream.segment import decode
+    from downstream.models.segment import decode
 
     target = torch.tensor([[[0, 1], [2, 0]]])  # background, class 1, class 2, background
     # Uniform logits over 3 classes: p = 1/3 everywhere; s = 1.

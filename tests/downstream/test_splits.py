@@ -9,9 +9,15 @@ import shutil
 import pytest
 
 from augment.errors import ConfigError, DataError
-from augment.phantom import write_phantom
+from augment.phantoms.render import write_phantom
 from downstream.config import experiment_from_dict
-from downstream.harness import EXTERNAL_PREFIX, LeakageError, Splits, prepare_data, run_compare
+from downstream.harness.compare import (
+    EXTERNAL_PREFIX,
+    LeakageError,
+    Splits,
+    prepare_data,
+    run_compare,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Patient-paired inference in downstream.stats: sign-flip test, hierarchical bootstrap,
+"""Patient-paired inference in downstream.evaluation.stats: sign-flip test, hierarchical bootstrap,
 Holm, and verdicts that cannot contradict their intervals."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from downstream.stats import (
+from downstream.evaluation.stats import (
     _hierarchical_replicates,
     compare_by_patient,
     decide,

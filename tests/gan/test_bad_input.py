@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from augment.config_types import build_dataclass
 from augment.errors import CheckpointError, ConfigError
-from augment.sample import read_dataset
+from augment.folder import read_dataset
 from downstream.cli import main
-from gan.base import config_from_dict, read_checkpoint
-from gan.dcgan import DCGANConfig
-from gan.trainer import TrainConfig
+from gan.base import read_checkpoint
+from gan.models.dcgan import DCGANConfig
+from gan.train.config import TrainConfig
 
 STAGING = re.compile(r"\.(tmp|partial|old)-\d+$")
 
@@ -152,17 +153,17 @@ def test_train_config_file_is_checked_key_by_key(env, tmp_path, capsys, yaml_tex
     assert not (tmp_path / "run").exists()
 
 
-def test_config_from_dict_checks_types_and_names_the_source():
-    cfg = config_from_dict(DCGANConfig, {"window": [50, 100], "lr": 1, "n_classes": None})
+def test_build_dataclass_checks_types_and_names_the_source():
+    cfg = build_dataclass(DCGANConfig, {"window": [50, 100], "lr": 1, "n_classes": None})
     assert cfg.window == (50.0, 100.0) and isinstance(cfg.lr, float)
     with pytest.raises(
         ConfigError, match=r"^x\.pt: config: n_classes: expected an integer, got 'a'$"
     ):
-        config_from_dict(DCGANConfig, {"n_classes": "a"}, source="x.pt: config")
+        build_dataclass(DCGANConfig, {"n_classes": "a"}, source="x.pt: config")
     with pytest.raises(ConfigError, match=r"betas\[1\]: expected a number, got None"):
-        config_from_dict(DCGANConfig, {"betas": [0.5, None]})
+        build_dataclass(DCGANConfig, {"betas": [0.5, None]})
     with pytest.raises(ConfigError, match="missing option.*steps"):
-        config_from_dict(TrainConfig, {"batch_size": 1, "out": "r"})
+        build_dataclass(TrainConfig, {"batch_size": 1, "out": "r"})
     with pytest.raises(ConfigError, match="steps must be >= 1"):
         TrainConfig(steps=0, batch_size=1, out="r")
 
@@ -389,7 +390,7 @@ def test_cyclegan_warns_when_both_datasets_say_one_domain(env, tmp_path, capsys,
     config = tiny_config(tmp_path, CYCLEGAN)
     command = argv("gan train cyclegan --data", env["data"], "--data-b", copy, "--config", config,
                    "--device cpu --steps 1 --grid-every 0 --out", tmp_path / "run")  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="gan.trainer"):
+    with caplog.at_level(logging.WARNING, logger="gan.train.trainer"):
         assert main(command) == 0
     said = [r.getMessage() for r in caplog.records if "both say they are domain A" in r.getMessage()]
     assert len(said) == 1 and str(copy) in said[0]
@@ -411,9 +412,9 @@ def test_train_refuses_a_batch_larger_than_what_the_model_draws(env, small, tmp_
 
 
 def test_a_preset_batch_is_lowered_to_what_the_data_holds(env, tmp_path, caplog):
-    from gan.trainer import train_generator
+    from gan.train.trainer import train_generator
 
-    with caplog.at_level(logging.WARNING, logger="gan.trainer"):
+    with caplog.at_level(logging.WARNING, logger="gan.train.trainer"):
         result = train_generator(
             "pix2pix", env["data"], None, tmp_path / "run", steps=1, batch_size=None,
             default_batch_size=16, device="cpu", model_config={"ngf": 4, "ndf": 4, "n_layers_d": 2},
@@ -449,7 +450,7 @@ def test_resume_below_the_checkpoint_step_warns_and_keeps_it(env, tmp_path, capl
     resume = argv("gan train pix2pix --data", env["data"], "--device cpu --resume --out", run)
     assert main([*resume, "--steps", "2"]) == 0  # the fixture's run stopped at step 1
     before = (run / "last.pt").read_bytes()
-    with caplog.at_level(logging.WARNING, logger="gan.trainer"):
+    with caplog.at_level(logging.WARNING, logger="gan.train.trainer"):
         assert main([*resume, "--steps", "1"]) == 0
     assert any("already trained for 2 steps, more than the 1" in r.getMessage() for r in caplog.records)
     assert (run / "last.pt").read_bytes() == before
@@ -504,7 +505,7 @@ def test_synthesize_refuses_more_slices_than_the_disk_holds(env, tmp_path, capsy
 
 
 def test_evaluate_writes_only_into_its_own_output(env, tmp_path, capsys):
-    from gan.evaluate import check_evaluation_out
+    from gan.evaluate.protocol import check_evaluation_out
 
     evaluate = argv("gan evaluate", env["run"], "--data", env["data"], "--n 2 --device cpu --out")
     mine = tmp_path / "mine"

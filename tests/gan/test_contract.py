@@ -1,7 +1,7 @@
 """Every registered generator honours the contract, through the real trainer.
 
-For each entry of `gan.registry.REGISTRY` (albumentations-style: a registered model
-without a tiny config below fails `test_every_generator_has_a_tiny_config`): train two
+For each entry of `gan.registry.REGISTRY` (albumentations-style: every registered model
+is checked, at its ``tiny`` preset, tests/conftest.py): train two
 steps from a dataset folder with `train_generator` (and the same with `GanModule.fit`),
 resume a one-step run to the same two steps and get bit-identical weights and optimizer
 state, sample labelled slices without touching the caller's RNG, round trip the
@@ -18,20 +18,20 @@ import pytest
 import torch
 
 from augment.datasets import load_samples
-from augment.phantom import write_phantom
-from augment.sample import Sample, boxes_from_mask, load_sample, read_dataset
-from gan.base import GanModule, get_generator
-from gan.registry import REGISTRY
+from augment.folder import load_sample, read_dataset
+from augment.phantoms.render import write_phantom
+from augment.sample import Sample, boxes_from_mask
+from gan.base import GanModule, Generator, get_generator
+from gan.registry import PRESET_NAMES, REGISTRY, GeneratorEntry
 from gan.synthesize import synthesize_dataset
-from gan.trainer import TrainConfig, init_seed, train_generator
+from gan.train.config import TrainConfig
+from gan.train.trainer import init_seed, train_generator
 from tests.conftest import TINY_BATCH, TINY_GENERATORS
 
 SIZE = 64  # phantom side (px): small enough for 2 CPU cores, big enough for 6 U-Net levels
 
 # Tiny widths so a step takes well under a second (tests/conftest.py).
 TINY, BATCH = TINY_GENERATORS, TINY_BATCH
-# Models trained on two unpaired domains (data = domain A, data_b = domain B).
-UNPAIRED = {"cyclegan"}
 
 REGISTERED = sorted(REGISTRY)
 
@@ -61,10 +61,14 @@ NEEDS_SHAPE = {"dcgan": _dcgan_draws_discs}
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
-def test_every_generator_has_a_tiny_config():
+def test_every_generator_is_registered_with_its_class_and_presets():
     assert REGISTERED, "no generator registered"
-    missing = sorted(set(REGISTERED) - set(TINY))
-    assert not missing, f"registered generators without a tiny config in {__file__}: {missing}"
+    for name in REGISTERED:
+        cls = get_generator(name)  # importable, a GanModule, named as its entry
+        assert cls.name == name and issubclass(cls, GanModule)
+        assert set(PRESET_NAMES) <= set(REGISTRY[name].presets)
+    with pytest.raises(ValueError, match="no tiny preset"):
+        GeneratorEntry("gan.models.dcgan:DCGAN", "half an entry", presets={"paper": {}, "cpu": {}})
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +106,8 @@ def check_samples(samples: list[Sample], hosts: list[Sample], n: int, name: str)
 
 @pytest.mark.parametrize("name", REGISTERED)
 def test_generator_contract(name, phantoms, tmp_path):
-    if name not in TINY:
-        pytest.fail(f"{name}: no tiny config (see test_every_generator_has_a_tiny_config)")
     data, data_b = phantoms
-    data_b = data_b if name in UNPAIRED else None
+    data_b = data_b if get_generator(name).unpaired else None  # domain B for unpaired models
     kw = dict(
         batch_size=BATCH[name], seed=0, device="cpu", model_config=TINY[name],
         grid_n=2, log_every=1, progress=False,
@@ -151,6 +153,7 @@ def test_generator_contract(name, phantoms, tmp_path):
     if name in NEEDS_SHAPE:
         NEEDS_SHAPE[name](straight["checkpoint"])
     module = GanModule.load(straight["checkpoint"])
+    assert isinstance(module, Generator)  # DESIGN.md's interface: fit, sample, save, load
     assert module.name == name and module.data_info["fingerprint"] == a["data"]["fingerprint"]
     torch.manual_seed(1234)
     caller_rng = torch.get_rng_state()

@@ -9,14 +9,15 @@ import pytest
 import torch
 from skimage.draw import disk as draw_disk
 
+from augment.config_types import build_dataclass
 from augment.errors import ConfigError, DataError
-from augment.phantom import phantom_samples
+from augment.phantoms.render import phantom_samples
 from augment.sample import Sample, boxes_from_mask
-from gan.base import GanModule, config_from_dict
-from gan.cyclegan import CycleGAN, CycleGANConfig, ImagePool
+from gan.base import GanModule
+from gan.evaluate.preservation import lesion_preservation, summarise_preservation
+from gan.models.cyclegan import CycleGAN, CycleGANConfig, ImagePool
 from gan.networks.resnet import ResnetBlock, ResnetGenerator
-from gan.preservation import lesion_preservation, summarise_preservation
-from gan.trainer import train_step
+from gan.train.trainer import train_step
 from tests.conftest import TINY_GENERATORS
 
 SIZE = 32
@@ -101,7 +102,7 @@ def test_config_validation():
         CycleGANConfig(direction="AC")
     with pytest.raises(ConfigError, match="n_blocks"):
         CycleGANConfig(n_blocks=-1)
-    cfg = config_from_dict(CycleGANConfig, {"window": [50, 100], "n_blocks": 6})
+    cfg = build_dataclass(CycleGANConfig, {"window": [50, 100], "n_blocks": 6})
     assert cfg.window == (50, 100) and cfg.n_blocks == 6
 
 
@@ -346,7 +347,7 @@ def test_preservation_summary():
 
 
 def test_contrast_retained_needs_contrast_and_hu_range_follows_anatomy():
-    from gan.preservation import MIN_CONTRAST_HU, lesion_hu_range
+    from gan.evaluate.preservation import MIN_CONTRAST_HU, lesion_hu_range
 
     faint = _lesion_slice(30.0 + MIN_CONTRAST_HU / 2)  # 2.5 HU above its surroundings
     bright = dataclasses.replace(faint, image=_lesion_slice(70.0).image)

@@ -9,14 +9,15 @@ from scipy import ndimage
 from skimage.draw import disk as draw_disk
 from torch import nn
 
+from augment.config_types import build_dataclass
 from augment.errors import CheckpointError, ConfigError, DataError
-from augment.phantom import phantom_samples
+from augment.phantoms.render import phantom_samples
 from augment.sample import Sample, boxes_from_mask
 from augment.window import Window
-from gan.base import GanModule, config_from_dict
-from gan.dcgan import DCGAN, DCGANConfig, lesion_rois
+from gan.base import GanModule
+from gan.models.dcgan import DCGAN, DCGANConfig, lesion_rois
+from gan.models.paste import clean_mask, feather_alpha, feather_reach, find_placement, paste
 from gan.networks.dcgan import DCGANDiscriminator, DCGANGenerator
-from gan.paste import clean_mask, feather_alpha, feather_reach, find_placement, paste
 from tests.conftest import TINY_GENERATORS
 
 ROI = 32
@@ -135,7 +136,7 @@ def test_config_resolves_classes_from_anatomy_and_validates():
     assert DCGANConfig().n_classes == 5
     assert DCGANConfig(anatomy="liver").n_classes == 1
     assert DCGANConfig(anatomy="liver", n_classes=3).n_classes == 3
-    cfg = config_from_dict(DCGANConfig, {"window": [50, 100], "roi_size": 32})
+    cfg = build_dataclass(DCGANConfig, {"window": [50, 100], "roi_size": 32})
     assert cfg.window == (50, 100)
     for bad in ({"roi_size": 48}, {"anatomy": "lung"}, {"large_lesions": "crop"}, {"nz": 0}):
         with pytest.raises(ConfigError):

@@ -18,14 +18,14 @@ import torch
 
 from augment.datasets import load_samples
 from augment.errors import CheckpointError, DataError
-from augment.phantom import write_phantom
+from augment.phantoms.render import write_phantom
 from augment.sample import Sample
 from gan.base import GanModule
-from gan.cyclegan import CycleGAN
-from gan.evaluate import evaluate_generator, evaluate_run
-from gan.pix2pix import Pix2Pix
-from gan.quality import FID_WEIGHTS_NAME
-from gan.trainer import train_generator
+from gan.evaluate.protocol import evaluate_generator, evaluate_run
+from gan.evaluate.quality import FID_WEIGHTS_NAME
+from gan.models.cyclegan import CycleGAN
+from gan.models.pix2pix import Pix2Pix
+from gan.train.trainer import train_generator
 from tests.conftest import TINY_BATCH, TINY_GENERATORS
 from tests.gan.test_quality import write_random_inception
 
@@ -231,7 +231,7 @@ def test_dcgan_has_no_ground_truth_and_harness_call(setup, tmp_path):
     module = GanModule.load(setup["dcgan"] / "last.pt")
     training = load_samples(setup["A"])
     synthetic = module.sample(4, seed=0, conditions=training)
-    # Exactly how downstream/harness.py::generator_quality calls it.
+    # Exactly how downstream/harness/compare.py::generator_quality calls it.
     m = evaluate_generator(
         module,
         synthetic=synthetic,

@@ -10,13 +10,14 @@ import torch
 
 from augment.datasets import MixedDataset, SliceDataset
 from augment.errors import ConfigError
-from augment.phantom import write_phantom
-from augment.sample import read_dataset, sha256_file
+from augment.folder import read_dataset
+from augment.phantoms.render import write_phantom
+from augment.storage import sha256_file
 from downstream.cli import main
 from gan.base import GanModule, read_checkpoint
 from gan.export import export_generator
 from gan.synthesize import synthesize_dataset
-from gan.trainer import train_generator
+from gan.train.trainer import train_generator
 from tests.conftest import TINY_GENERATORS as TINY
 from tests.gan.test_contract import NEEDS_SHAPE
 

@@ -9,13 +9,14 @@ import torch
 from torch import nn
 
 from augment.anatomy import SUBTYPE_REGION, allowed_region, lesion_regions
+from augment.config_types import build_dataclass
 from augment.errors import CheckpointError, ConfigError, DataError
-from augment.phantom import phantom_samples
+from augment.phantoms.render import phantom_samples
 from augment.sample import Sample, boxes_from_mask
 from augment.window import Window
-from gan.base import GanModule, config_from_dict, get_generator
-from gan.pix2pix import Pix2Pix, Pix2PixConfig
-from gan.pix2pix_masks import (
+from gan.base import GanModule, get_generator
+from gan.models.pix2pix import Pix2Pix, Pix2PixConfig
+from gan.models.pix2pix_masks import (
     build_bank,
     condition,
     dilate,
@@ -24,7 +25,7 @@ from gan.pix2pix_masks import (
     place_lesions,
     transform_mask,
 )
-from gan.trainer import train_step
+from gan.train.trainer import train_step
 
 SIZE = 64
 TINY = {"size": SIZE, "ngf": 4, "ndf": 4}
@@ -100,7 +101,7 @@ def test_config_derives_a_1x1_bottleneck_and_validates():
         with pytest.raises(ConfigError):
             Pix2PixConfig(**bad)
     with pytest.raises(ConfigError, match="unknown option"):
-        config_from_dict(Pix2PixConfig, {"lambda": 3})
+        build_dataclass(Pix2PixConfig, {"lambda": 3})
     assert get_generator("pix2pix") is Pix2Pix
 
 
@@ -356,8 +357,8 @@ def test_training_learns_blood_like_lesions(data):
 
 
 def test_synthesis_puts_each_subtype_where_it_belongs(data):
-    from augment.phantom import CLASSES
-    from gan.paste import _centre_pixel
+    from augment.phantoms.render import CLASSES
+    from gan.models.paste import _centre_pixel
 
     m = new_model(lesions_range=(2, 3))
     m.prepare(data)

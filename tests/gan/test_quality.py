@@ -19,7 +19,7 @@ from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from augment.errors import CheckpointError, DataError
-from gan import quality as q
+from gan.evaluate import quality as q
 
 
 def write_random_inception(path: Path, seed: int = 0) -> Path:

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 
 from augment.errors import CheckpointError, ConfigError, DataError
-from augment.sample import boxes_from_mask, load_sample, read_dataset, sha256_file, write_dataset
+from augment.folder import load_sample, read_dataset, write_dataset
+from augment.sample import boxes_from_mask
+from augment.storage import sha256_file
 from gan.base import GENERATORS
 from gan.synthesize import chunk_seed, synthesize_dataset
-from gan.trainer import TrainConfig, train
+from gan.train.config import TrainConfig
+from gan.train.trainer import train
 from tests.gan.test_trainer import TinyGan, tiny, tiny_slices
 
 
@@ -25,7 +28,7 @@ def run(tmp_path_factory):
     data = write_dataset(
         root / "data",
         tiny_slices(6),
-        kind="phantom",
+        provenance="phantom",
         config={"kind": "head-ich"},
         classes={1: "IPH"},
         spacing=[0.8, 0.8],
@@ -50,7 +53,7 @@ def test_writes_labelled_dataset_with_provenance(run, tmp_path):
     info, records = read_dataset(out)
     hosts = {r["id"]: load_sample(data, r) for r in read_dataset(data)[1]}
     sha = sha256_file(ckpt)
-    assert info["kind"] == "synthetic" and info["n_samples"] == 5
+    assert info["provenance"] == "synthetic" and info["anatomy"] == "head-ich" and info["n_samples"] == 5
     assert info["checkpoint"] == {"path": str(ckpt.resolve()), "sha256": sha, "step": 2}
     assert info["generator"] == "tiny-test" and info["seed"] == 3 and info["chunk"] == 2
     assert info["model_config"] == {"width": 4, "window": [40.0, 200.0], "lr": 2e-3}

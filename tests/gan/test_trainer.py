@@ -24,13 +24,15 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from augment.errors import CheckpointError, ConfigError
-from augment.sample import Sample, read_dataset, write_dataset
+from augment.errors import CheckpointError, ConfigError, NonFiniteLossError
+from augment.folder import read_dataset, write_dataset
+from augment.sample import Sample
 from augment.window import Window
 from gan.base import GENERATORS, GanModule, read_checkpoint
-from gan.logging_sinks import JsonlSink, LossMonitor
-from gan.train_data import data_fingerprint, load_model_config
-from gan.trainer import NonFiniteLossError, TrainConfig, step_rng, torch_seed, train
+from gan.train.config import TrainConfig
+from gan.train.data import data_fingerprint, load_model_config
+from gan.train.sinks import JsonlSink, LossMonitor
+from gan.train.trainer import step_rng, torch_seed, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -412,7 +414,7 @@ def test_wandb_sink_logs_losses_grids_and_config(tmp_path, monkeypatch):
 def test_wandb_is_not_imported_unless_asked(tmp_path, monkeypatch):
     # Importing our modules does not import wandb (checked in a clean interpreter) ...
     code = (
-        "import sys; import gan.trainer, gan.synthesize, gan.logging_sinks, gan.train_data; "
+        "import sys; import gan.train.trainer, gan.synthesize, gan.train.sinks, gan.train.data; "
         "print('wandb' in sys.modules)"
     )
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -444,7 +446,7 @@ def test_grid_names_the_datasets_classes_and_states_its_window(tmp_path, monkeyp
     monkeypatch.setattr(
         viz, "save_figure", lambda fig, path: figures.append(fig) or write(fig, path)
     )
-    info = {"kind": "head-ich", "classes": {"1": "IPH", "2": "IVH"}}  # as dataset.json has them
+    info = {"anatomy": "head-ich", "classes": {"1": "IPH", "2": "IVH"}}  # as dataset.json has them
     train(tiny(), tiny_slices(), None, cfg(tmp_path, 1, grid_n=3, grid_every=1), data_info=info)
     legend = [t.get_text() for lg in figures[-1].legends for t in lg.get_texts()]
     assert legend == ["IPH"]  # the tiny slices hold class 1 only
@@ -457,12 +459,12 @@ def test_grid_names_the_datasets_classes_and_states_its_window(tmp_path, monkeyp
 
 
 def test_train_generator_from_folder_uses_dataset_kind_and_yaml(tmp_path, registered):
-    from gan.trainer import train_generator
+    from gan.train.trainer import train_generator
 
     data = write_dataset(
         tmp_path / "data",
         tiny_slices(),
-        kind="phantom",
+        provenance="phantom",
         config={"kind": "liver"},
         classes={1: "tumour"},
     )
@@ -487,7 +489,7 @@ def test_train_generator_from_folder_uses_dataset_kind_and_yaml(tmp_path, regist
     # The liver model window (60/400 HU, augment.window.WINDOWS["liver-model"]) from the kind.
     assert ckpt["config"] == {"width": 3, "window": [60.0, 400.0], "lr": 1e-3}
     assert ckpt["data"]["folder"] == str(data.resolve())
-    assert ckpt["data"]["kind"] == "liver"
+    assert ckpt["data"]["anatomy"] == "liver"
     assert ckpt["data"]["n_samples"] == len(read_dataset(data)[1])
     module = GanModule.load(result["checkpoint"])
     assert isinstance(module, TinyGan) and module.cfg.width == 3

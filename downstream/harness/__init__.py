@@ -1,0 +1,2 @@
+"""The comparison: strategies x label budgets x seeds (`compare`), each task trained by one
+recipe (`recipe`) through the task interface (`tasks`)."""

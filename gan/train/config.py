@@ -1,0 +1,83 @@
+"""How a generator is trained (`TrainConfig`), apart from the model's own options.
+
+Kept free of torch so that the CLI reads its defaults (``gan train --ckpt-every``...) from
+here without importing any network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from augment.errors import ConfigError
+from gan.registry import MAX_BATCH_SIZE
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (the model's own options live in its ``Config``).
+
+    Attributes:
+        steps: total number of optimisation steps, >= 1 (a resumed run continues up to it).
+        batch_size: samples per step.
+        out: the run folder (``last.pt``, ``log.jsonl``, ``config.yaml``, ``grids/``).
+        seed: seeds every batch draw and every torch draw, per step.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
+        ckpt_every: write ``last.pt`` every this many steps (0: only at the end).
+        grid_every: write a real-vs-synthetic PNG grid every this many steps (0: only
+            at the end).
+        grid_n: slices per grid row (0: no grids).
+        log_every: losses are averaged over this many steps, then logged. Losses stay on
+            the device in between: the host waits for the device only here.
+        resume: continue the run in ``out`` from ``last.pt``.
+        overwrite: start over in a folder that already holds a checkpoint.
+        keep_checkpoints: also keep ``ckpt_NNNNNN.pt`` per ``ckpt_every`` (hard links
+            to the bytes of ``last.pt`` where the filesystem allows: no extra time).
+        wandb: also log to Weights & Biases (imported only then; offline unless
+            ``WANDB_MODE`` says otherwise).
+        wandb_project: the wandb project name.
+        amp: bfloat16 autocast in ``training_step``. Off by default: GAN losses are
+            sensitive to precision, and CPUs without native bf16 (AVX512-BF16/AMX) run
+            it slower than float32. Worth trying on recent GPUs.
+        channels_last: NHWC memory format for weights and batches. Off by default: per
+            layer on the 2-core AVX2 development machine it ranged from 0.65x to 1.15x
+            the speed of NCHW, with no net gain for a step; try it on GPUs.
+        small_map_gemm: on CPU, convolutions whose output map is at most 4x4 pixels
+            (8x8 for transposed ones) run as one matrix product
+            (`gan.networks.small_maps`; same arithmetic, faster for DCGAN's and
+            pix2pix's deepest layers). No effect on GPUs.
+        progress: a tqdm bar with rate, ETA and the latest losses.
+    """
+
+    steps: int
+    batch_size: int
+    out: Path
+    seed: int = 0
+    device: str = "auto"
+    ckpt_every: int = 500
+    grid_every: int = 250
+    grid_n: int = 4
+    log_every: int = 10
+    resume: bool = False
+    overwrite: bool = False
+    keep_checkpoints: bool = True
+    wandb: bool = False
+    wandb_project: str = "lesionforge"
+    amp: bool = False
+    channels_last: bool = False
+    small_map_gemm: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        for name in ("ckpt_every", "grid_every", "grid_n", "seed"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"train: {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("steps", "batch_size", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"train: {name} must be >= 1, got {getattr(self, name)}")
+        if int(self.batch_size) > MAX_BATCH_SIZE:
+            raise ConfigError(
+                f"train: batch_size must be <= {MAX_BATCH_SIZE}, got {self.batch_size} "
+                "(the GAN papers train at 1 to 128; a larger batch mostly runs out of memory)"
+            )
