@@ -22,7 +22,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402  (albumentations' own dependency: interpolation/border constants)
 
-from augment.classical.pipeline import AIR_HU, Op, draw_seed, register_op, uniform  # noqa: E402
+from augment.classical.ops import AIR_HU, Op, draw_seed, register_op, uniform  # noqa: E402
 from augment.errors import ConfigError, DataError  # noqa: E402
 from augment.sample import Sample
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from augment.classical.pipeline import Op, draw_seed, register_op, uniform
+from augment.classical.ops import Op, draw_seed, register_op, uniform
 from augment.errors import ConfigError
 from augment.sample import Sample
 from augment.window import get_window

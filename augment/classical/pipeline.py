@@ -18,152 +18,38 @@ Pipelines are built from specs (`build_augmenter`): a name from `PIPELINES` or t
 shipped ``augment/classical/pipelines.yaml`` (`DEFAULT_CONFIG`), a YAML file, or a dict/list of
 ``{"op": name, "p": ..., ...}`` with ``one_of``/``compose`` groups, as in albumentations.
 
-This module holds the base classes, groups, registry and builders; the ops themselves
-live in `augment.classical.geometry` and `augment.classical.intensity` and register on
-import of this module.
+This module holds the groups and builders; the `Op` base and its registry are
+`augment.classical.ops`, the ops themselves `augment.classical.geometry` and
+`augment.classical.intensity` (imported here, so every op is registered).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import yaml
 
+from augment.classical import geometry, intensity  # noqa: F401  (the built-in ops register on import)
+from augment.classical.ops import (
+    GROUP_NAMES,
+    OPS,
+    Augmenter,
+    Transform,
+    check_probability,
+    record_augmentation,
+)
 from augment.errors import ConfigError
 from augment.sample import Sample
-
-Augmenter = Callable[[Sample, np.random.Generator], Sample]
-
-OPS: dict[str, type[Op]] = {}
 
 # Package data (pyproject.toml), so every named pipeline works from an installed wheel too;
 # `lesionforge configs show pipelines` prints it for a user to copy and edit.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "pipelines.yaml"
-AIR_HU = -1000.0
-_SEED_MAX = 2**31 - 1
-
-
-def register_op(name: str):
-    """Class decorator: add an `Op` subclass to `OPS` under ``name``."""
-
-    def wrap(cls: type[Op]) -> type[Op]:
-        if name in OPS or name in _GROUPS:
-            raise ValueError(f"augmentation op {name!r} registered twice")
-        cls.name = name
-        OPS[name] = cls
-        return cls
-
-    return wrap
-
-
-def _happens(p: float, rng: np.random.Generator) -> bool:
-    # Draw only for 0 < p < 1, so p = 1 pipelines do not spend random numbers on gates.
-    if p >= 1:
-        return True
-    if p <= 0:
-        return False
-    return bool(rng.random() < p)
-
-
-def _record(sample: Sample, name: str, params: dict[str, Any]) -> Sample:
-    history = [*sample.meta.get("augment", []), {"name": name, "params": params}]
-    return dataclasses.replace(sample, meta={**sample.meta, "augment": history})
-
-
-def draw_seed(rng: np.random.Generator) -> int:
-    """A seed for a sub-generator, drawn from ``rng`` (recorded so the op can be replayed)."""
-    return int(rng.integers(0, _SEED_MAX))
-
-
-class Transform(ABC):
-    """Base of ops and groups: ``__call__`` applies `force` with probability ``p``."""
-
-    p: float = 1.0
-
-    @abstractmethod
-    def force(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        """Apply unconditionally (what `OneOf` does with the op it picked)."""
-
-    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        return self.force(sample, rng) if _happens(self.p, rng) else sample
-
-
-@dataclass(frozen=True)
-class Op(Transform):
-    """One registered augmentation; its dataclass fields are its YAML options.
-
-    A subclass writes ``sample_params`` (every random draw) and the classmethod
-    ``apply`` (deterministic, reading only ``params``); this base owns ``p``, option
-    checking and the ``meta["augment"]`` history.
-    """
-
-    name: ClassVar[str] = ""
-    p: float = 1.0
-
-    def __post_init__(self) -> None:
-        self._set("p", _probability(self.name, self.p))
-
-    @abstractmethod
-    def sample_params(self, sample: Sample, rng: np.random.Generator) -> dict[str, Any]:
-        """Every random draw of the op, JSON-ready; ``apply`` needs nothing else."""
-
-    @classmethod
-    @abstractmethod
-    def apply(cls, sample: Sample, params: dict[str, Any]) -> Sample:
-        """The deterministic twin: the op with ``params`` fixed."""
-
-    def force(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        params = self.sample_params(sample, rng)
-        return _record(self.apply(sample, params), self.name, params)
-
-    # Option helpers: normalise YAML values in place, or raise ConfigError naming the op.
-    def _set(self, key: str, value: Any) -> None:
-        object.__setattr__(self, key, value)
-
-    def _range(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> None:
-        value = getattr(self, key)
-        try:
-            a, b = (float(v) for v in value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"op {self.name!r}: {key} must be two numbers [low, high], got {value!r}"
-            ) from None
-        if not lo <= a <= b <= hi:
-            raise ConfigError(
-                f"op {self.name!r}: {key} must satisfy {lo} <= low <= high <= {hi}, got {value!r}"
-            )
-        self._set(key, (a, b))
-
-    def _number(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> None:
-        value = getattr(self, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-            raise ConfigError(
-                f"op {self.name!r}: {key} must be a number in [{lo}, {hi}], got {value!r}"
-            )
-        self._set(key, float(value))
-
-    def _choice(self, key: str, choices: Sequence[str]) -> None:
-        if getattr(self, key) not in choices:
-            raise ConfigError(
-                f"op {self.name!r}: {key} must be one of {', '.join(choices)}, got {getattr(self, key)!r}"
-            )
-
-
-def uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
-    """One draw from ``[low, high)`` as a plain float (JSON-ready for the history)."""
-    return float(rng.uniform(bounds[0], bounds[1]))
-
-
-# --------------------------------------------------------------------------- groups
 
 
 class Compose(Transform):
@@ -183,7 +69,7 @@ class Compose(Transform):
         spec: dict[str, Any] | None = None,
     ) -> None:
         self.ops = list(ops)
-        self.p = _probability("compose", p)
+        self.p = check_probability("compose", p)
         self.name = name
         self.spec = spec if spec is not None else {}
 
@@ -201,7 +87,7 @@ class OneOf(Transform):
 
     def __init__(self, ops: Sequence[Transform], *, p: float = 1.0) -> None:
         self.ops = list(ops)
-        self.p = _probability("one_of", p)
+        self.p = check_probability("one_of", p)
         weights = np.array([op.p for op in self.ops], dtype=np.float64)
         if not self.ops or weights.sum() <= 0:
             raise ConfigError("op 'one_of': needs at least one op with p > 0")
@@ -216,12 +102,7 @@ class OneOf(Transform):
 
 
 _GROUPS: dict[str, type[Compose] | type[OneOf]] = {"compose": Compose, "one_of": OneOf}
-
-
-def _probability(name: str, p: Any) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-        raise ConfigError(f"op {name!r}: p must be a number in [0, 1], got {p!r}")
-    return float(p)
+assert set(_GROUPS) == set(GROUP_NAMES)
 
 
 def replay(sample: Sample, history: Sequence[dict[str, Any]]) -> Sample:
@@ -234,7 +115,7 @@ def replay(sample: Sample, history: Sequence[dict[str, Any]]) -> Sample:
         cls = OPS.get(entry.get("name", ""))
         if cls is None:
             raise ConfigError(f"cannot replay unknown augmentation op {entry.get('name')!r}")
-        sample = _record(cls.apply(sample, entry["params"]), cls.name, entry["params"])
+        sample = record_augmentation(cls.apply(sample, entry["params"]), cls.name, entry["params"])
     return sample
 
 
@@ -441,6 +322,3 @@ PIPELINES: dict[str, dict[str, Any]] = {
         ],
     },
 }
-
-# The built-in ops subclass `Op` above and register themselves when imported.
-from augment.classical import geometry, intensity  # noqa: E402, F401
