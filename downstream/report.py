@@ -44,10 +44,11 @@ UNIT_METRICS = {"dice", "iou", "mAP50", "lesion_sensitivity", "small_lesion_sens
 
 @dataclass
 class Block:
-    kind: str  # "h1" | "h2" | "h3" | "p" | "table" | "img"
+    kind: str  # "h1" | "h2" | "h3" | "p" | "ul" | "table" | "img"
     text: str = ""
     header: Sequence[str] = ()
     rows: Sequence[Sequence[str]] = ()
+    items: Sequence[str] = ()  # "ul": one bullet each
 
 
 def _get(metrics: dict[str, Any], dotted: str) -> float:
@@ -108,7 +109,8 @@ def write_report(
         task_rows = [r for r in rows if r["task"] == task]
         blocks += _task_section(task, task_rows, exp, out, verdict_lines)
     blocks.insert(2, Block("h2", "Verdict"))
-    blocks.insert(3, Block("p", " ".join(verdict_lines) or "No strategy was compared."))
+    # One bullet per comparison (or per reason a comparison was refused): a reader scans them.
+    blocks.insert(3, Block("ul", items=verdict_lines) if verdict_lines else Block("p", "No strategy was compared."))
     if failures:
         blocks.insert(4, Block("h3", "Generators that failed"))
         blocks.insert(5, Block("p", "These generators could not make labelled samples, so the strategies that "
@@ -439,6 +441,8 @@ def _render_md(blocks: list[Block]) -> str:
             lines += ["#" * int(b.kind[1]) + " " + b.text, ""]
         elif b.kind == "p":
             lines += [b.text, ""]
+        elif b.kind == "ul":
+            lines += [f"- {item}" for item in b.items] + [""]
         elif b.kind == "table":
             lines.append("| " + " | ".join(b.header) + " |")
             lines.append("|" + "---|" * len(b.header))
@@ -484,6 +488,8 @@ def _render_html(blocks: list[Block], title: str, root: Path) -> str:
             parts.append(f"<{b.kind}>{_inline_html(b.text)}</{b.kind}>")
         elif b.kind == "p":
             parts.append(f"<p>{_inline_html(b.text)}</p>")
+        elif b.kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{_inline_html(item)}</li>" for item in b.items) + "</ul>")
         elif b.kind == "table":
             # Numbers right-aligned (so their digits line up), words left; per column.
             num = [" class=n" if b.rows and all(_NUMERIC.match(r[i]) for r in b.rows if i < len(r)) else ""
