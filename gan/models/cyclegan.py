@@ -198,8 +198,6 @@ class CycleGAN(LinearDecayLR, GanModule):
         self._a: Tensor | None = None
         self._b: Tensor | None = None
 
-    # ---- state that must survive save/load -----------------------------------
-
     # ---- training --------------------------------------------------------------
     @classmethod
     def check_data(
