@@ -239,7 +239,8 @@ def cmd_synthesize(a: argparse.Namespace) -> None:
 def cmd_compare(a: argparse.Namespace) -> None:
     from downstream.harness.compare import run_compare
 
-    report = run_compare(a.config, out=a.out, seed=a.seed, device=a.device)
+    report = run_compare(a.config, out=a.out, seed=a.seed, device=a.device, executor=a.executor,
+                         ray_address=a.ray_address)
     print(f"report: {report}")
 
 
@@ -561,6 +562,13 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("config", type=Path,
                     help="experiment YAML, or the name of a shipped one (`lesionforge configs list`)")
     cp.add_argument("--out", type=Path, help="output folder (default from the config)")
+    cp.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="local: every unit here, one after another (default); ray: every unit a Ray task "
+                    "(resources from the config's `resources:`), on a new local Ray instance or --ray-address. "
+                    "Needs pip install 'lesionforge[distributed]'")
+    cp.add_argument("--ray-address", metavar="ADDR",
+                    help="the Ray cluster to run on (e.g. ray://head:10001, or `auto` for the cluster this "
+                    "machine belongs to); default RAY_ADDRESS, else a new local instance")
     cp.set_defaults(func=cmd_compare)
 
     dm = sub.add_parser("demo", parents=[common, device], help="the quick end-to-end run on the head-ICH phantom")

@@ -174,6 +174,29 @@ class QualitySpec:
 
 
 @dataclass(frozen=True)
+class UnitResources:
+    """What one unit asks a Ray cluster for (``--executor ray``; ``local`` ignores it).
+
+    ``num_cpus`` is also the unit's torch thread count on its worker. ``max_retries``: how
+    often Ray reruns a unit whose worker died (killed, preempted, out of memory) before it is
+    reported as failed; the unit resumes from what it had written.
+    """
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_retries: int = 3
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    """The ``resources:`` section: per kind of unit, e.g. ``{generator: {num_gpus: 1},
+    task: {num_gpus: 0.5}}``. Not part of any cache key: where a unit runs does not change it."""
+
+    generator: UnitResources = field(default_factory=UnitResources)
+    task: UnitResources = field(default_factory=UnitResources)
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     data: DataSpec
@@ -184,6 +207,7 @@ class Experiment:
     generators: dict[str, GeneratorSpec]
     strategies: tuple[Strategy, ...]
     quality: QualitySpec = field(default_factory=QualitySpec)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     out: str = "out/compare"
     # The full-data ceiling each gain is measured against: these strategies are also
     # trained on every training patient. `ceiling: true` in YAML = every strategy without
@@ -317,6 +341,20 @@ def _mapping(v: Any, where: str) -> dict[str, Any]:
     return v
 
 
+def _resources(raw: Any, where: str) -> ResourcesSpec:
+    parts = {}
+    for kind, spec in _mapping(raw, where).items():
+        if kind not in ("generator", "task"):
+            raise ConfigError(f"{where}: unknown unit kind {kind!r}; known: generator, task")
+        r = build_dataclass(UnitResources, spec, f"{where}.{kind}", sep=".")
+        if r.num_cpus < 0 or r.num_gpus < 0 or r.max_retries < 0:
+            raise ConfigError(f"{where}.{kind}: num_cpus, num_gpus and max_retries must be >= 0")
+        if r.num_cpus == 0 and r.num_gpus == 0:
+            raise ConfigError(f"{where}.{kind}: asks for no CPU and no GPU; Ray would run every unit at once")
+        parts[kind] = r
+    return ResourcesSpec(**parts)
+
+
 def _check_data(data: DataSpec, where: str) -> None:
     if (data.phantom is None) == (data.folder is None):
         raise ConfigError(f"{where}: data needs exactly one of 'phantom' or 'folder'")
@@ -435,7 +473,7 @@ def phantom_train_patients(data: DataSpec, split: SplitSpec) -> int:
 
 def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experiment:
     known = {"name", "data", "split", "budgets", "seeds", "tasks", "generators", "strategies", "quality", "out",
-             "ceiling"}
+             "ceiling", "resources"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(unknown)}")
@@ -529,6 +567,7 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
     fid = quality.fid_weights
     if fid is not None and not Path(fid).is_file():
         raise ConfigError(f"{where}: quality.fid_weights {fid!r}: no such file (pytorch-fid's Inception weights)")
+    resources = _resources(raw.get("resources"), f"{where}: resources")
     for key in ("name", "out"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
             raise ConfigError(f"{where}: {key}: expected a string, got {raw[key]!r}")
@@ -542,6 +581,7 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
         generators=generators,
         strategies=tuple(strategies),
         quality=quality,
+        resources=resources,
         out=str(raw.get("out") or f"out/{raw.get('name', 'compare')}"),
         ceiling=_ceiling(raw.get("ceiling", True), strategies, f"{where}: ceiling"),
         source=where,

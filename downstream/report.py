@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -78,6 +79,7 @@ def _p(p: float) -> str:
 def write_report(
     exp, rows: list[dict[str, Any]], gen_quality: list[dict[str, Any]], out: Path, *,
     classes: dict[int, str], total_seconds: float, splits=None, failures: list[dict[str, Any]] | None = None,
+    unit_errors: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write report.md, report.html and plots into ``out``; returns report.md's path.
 
@@ -118,6 +120,13 @@ def write_report(
                                "progress grids in the run folder): " + "; ".join(
                                    f"{f['generator']} (budget {f['budget']}, seed {f['seed']}): {f['error']}"
                                    for f in failures) + "."))
+    if unit_errors:
+        at = 6 if failures else 4
+        blocks.insert(at, Block("h3", "Units that failed"))
+        blocks.insert(at + 1, Block("p", "These units stopped with an error, so their rows are missing from every "
+                                    "table below (the other units finished; a rerun of the same command retries "
+                                    "only these): " + "; ".join(f"{e['unit']}: {e['error']}" for e in unit_errors)
+                                    + "."))
     blocks += _generator_section(gen_quality, out)
     blocks += _timing_section(rows, gen_quality)
     md = _render_md(blocks)
@@ -415,7 +424,9 @@ def _generator_section(gen_quality: list[dict[str, Any]], out: Path) -> list[Blo
         for key, title in (("grid_png", "synthetic vs real"), ("memorisation_png", "closest training slices")):
             p = qs[0].get(key)
             if p and Path(p).exists():
-                blocks.append(Block("img", text=str(Path(p).resolve().relative_to(out.resolve())),
+                # relpath, not relative_to: a cached quality row may name another folder (an
+                # output folder copied or moved since); the link still works from here.
+                blocks.append(Block("img", text=os.path.relpath(Path(p).resolve(), out.resolve()),
                                     header=[f"{g}: {title} (budget {qs[0]['budget']}, seed {qs[0]['seed']})"]))
     return blocks
 

@@ -21,13 +21,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
-from tqdm.auto import tqdm
 
 from augment.anatomy import check_anatomy
 from augment.datasets import SliceDataset
-from augment.errors import ConfigError, DataError
+from augment.errors import ConfigError, DataError, LesionforgeError
 from augment.sample import Sample
 from augment.splits import budget_patients, split_by_patient
 from augment.storage import to_jsonable, versions, write_bytes_atomic, write_json_atomic
@@ -205,7 +203,8 @@ def generator_run(
     run = root / f"{name}_{key}"
     ckpt = run / "last.pt"
     t0 = time.perf_counter()
-    if not (run / "done.json").exists():
+    computed = not (run / "done.json").exists()
+    if computed:
         # The batch is the spec's, lowered (with a warning) to what the labelled slices hold.
         train_generator(name, labelled, unlabelled_b, run, steps=spec.steps, batch_size=None,
                         default_batch_size=spec.batch_size, seed=seed, device=device, model_config=spec.config,
@@ -213,7 +212,7 @@ def generator_run(
                         overwrite=True, progress=False)
         write_json_atomic(run / "done.json", {"seconds": time.perf_counter() - t0, "steps": spec.steps})
     info = json.loads((run / "done.json").read_text())
-    return ckpt, {"key": key, "run": str(run), "train_seconds": info["seconds"]}
+    return ckpt, {"key": key, "run": str(run), "train_seconds": info["seconds"], "computed": computed}
 
 
 def synthetic_set(
@@ -241,9 +240,17 @@ def _device(spec: str):
 
 def run_compare(
     config: str | Path | Experiment, *, out: str | Path | None = None, seed: int = 0, device: str = "auto",
-    progress: bool = True,
+    progress: bool = True, executor: str = "local", ray_address: str | None = None,
 ) -> Path:
-    """Run every (budget, seed, task, strategy) of an experiment; returns the report path."""
+    """Run every (budget, seed, task, strategy) of an experiment; returns the report path.
+
+    ``executor`` ``local`` runs the units (`downstream.harness.units`) one after another here;
+    ``ray`` runs them as Ray tasks (`downstream.harness.executors`), on a local Ray instance or
+    the cluster at ``ray_address``: the same rows and report either way. A unit that fails
+    does not stop the others; the report lists it and `UnitsFailedError` is raised after it.
+    """
+    from downstream.harness.executors import run_units
+    from downstream.harness.units import Context, plan
     from downstream.report import write_report
 
     exp = config if isinstance(config, Experiment) else load_experiment(config)
@@ -258,72 +265,47 @@ def run_compare(
     if max(exp.budgets) > n_train:
         raise ConfigError(f"{exp.source}: budget {max(exp.budgets)} exceeds the {n_train} training patients "
                           f"of {source.folder}")
+    for g in sorted({g for st in exp.strategies for g in st.generators}):
+        if get_generator(g).unpaired and splits.target_train is None:
+            raise DataError(f"the {g} strategy needs a target domain (data.target_domain or target_folder)")
     out.mkdir(parents=True, exist_ok=True)
     write_bytes_yaml(out / "config.yaml", {"experiment": exp.as_dict(), "versions": versions()})
     classes = {int(k): v for k, v in (source.info.get("classes") or {}).items()} or {1: "lesion"}
-    rows: list[dict[str, Any]] = []
-    gen_quality: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = []
-    units = [(b, s) for b in exp.budgets for s in exp.seeds]
-    n_runs = len(units) * len(exp.tasks) * len(exp.strategies)
-    if _baselines(exp) and len(set(splits.train.patient_ids)) not in exp.budgets:
-        n_runs += len(exp.seeds) * len(exp.tasks) * len(_baselines(exp))
-    bar = tqdm(total=n_runs, desc=f"compare {exp.name}", unit="run", disable=not progress)
+    units = plan(exp, splits)
     t_start = time.perf_counter()
-    for budget, s in units:
-        labelled = splits.labelled(budget, s)
-        splits.assert_unseen(f"labelled set (budget {budget}, seed {s})", labelled)
-        used = sorted({g for st in exp.strategies for g in st.generators})
-        synthetic: dict[str, SliceDataset] = {}
-        for g in used:
-            spec = exp.generators[g]
-            unl_b = None
-            if get_generator(g).unpaired:  # unpaired translation: the target domain's slices
-                unl_b = splits.target_train
-                if unl_b is None:
-                    raise DataError(f"the {g} strategy needs a target domain (data.target_domain or target_folder)")
-                splits.assert_unseen(f"{g} domain-B training data", unl_b)
-            bar.set_postfix_str(f"training {g} (budget {budget}, seed {s})")
-            ckpt, ginfo = generator_run(g, spec, labelled, unl_b, seed=s, root=out / "generators", device=device)
-            try:
-                synthetic[g] = synthetic_set(g, ckpt, spec, labelled, seed=s, root=out / "synthetic", device=device)
-            except DataError as e:  # e.g. an undertrained DCGAN whose masks are empty: say so, go on
-                log.warning("%s (budget %d, seed %d) made no labelled samples: %s", g, budget, s, e)
-                failures.append({"generator": g, "budget": budget, "seed": s, "error": str(e), "run": ginfo["run"]})
-                continue
-            splits.assert_unseen(f"{g} synthetic set", synthetic[g])
-            gen_quality.append(generator_quality(g, ckpt, ginfo, labelled, splits, synthetic[g], exp,
-                                                 budget=budget, seed=s, root=out / "quality", device=device))
-        for strategy in exp.strategies:
-            if any(g not in synthetic for g in strategy.generators):
-                bar.update(len(exp.tasks))  # its generator failed (reported), nothing to train
-                continue
-            rows += _strategy_runs(exp, strategy, budget, s, labelled, [synthetic[g] for g in strategy.generators],
-                                   splits, out=out, device=device, classes=classes, bar=bar)
-    if _baselines(exp):
-        # The full-data ceiling: the baselines trained on every training patient.
-        n_all = len(set(splits.train.patient_ids))
-        if n_all not in exp.budgets:
-            everyone = splits.train
-            splits.assert_unseen("ceiling training set", everyone)
-            for s in exp.seeds:
-                for strategy in _baselines(exp):
-                    for row in _strategy_runs(exp, strategy, n_all, s, everyone, [], splits, out=out,
-                                              device=device, classes=classes, bar=bar):
-                        row["ceiling"] = True
-                        rows.append(row)
-    bar.close()
-    results = out / "results.jsonl"
-    write_bytes_atomic(results, "".join(json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in rows).encode())
+    results = run_units(units, Context(exp, out, device), executor=executor, ray_address=ray_address,
+                        splits=splits, progress=progress)
+    rows = [row for r in results for row in r.get("rows", [])]
+    gen_quality = [r["quality"] for r in results if r.get("quality")]
+    failures = [r["failure"] for r in results if r.get("failure")]
+    unit_errors = [{"unit": u.describe(), "error": r["error"]} for u, r in zip(units, results, strict=True)
+                   if r["status"] == "failed"]
+    write_bytes_atomic(out / "results.jsonl",
+                       "".join(json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in rows).encode())
     write_json_atomic(out / "generator_quality.json", gen_quality)
     write_json_atomic(out / "generator_failures.json", failures)
-    return write_report(exp, rows, gen_quality, out, classes=classes, total_seconds=time.perf_counter() - t_start,
-                        splits=splits, failures=failures)
+    write_json_atomic(out / "units.json", {
+        "executor": executor,
+        "units": [{"unit": u.id, "status": r["status"], "computed": r.get("computed"), "seconds": r.get("seconds"),
+                   **({"error": r["error"]} if "error" in r else {})} for u, r in zip(units, results, strict=True)],
+    })
+    report = write_report(exp, rows, gen_quality, out, classes=classes, total_seconds=time.perf_counter() - t_start,
+                          splits=splits, failures=failures, unit_errors=unit_errors)
+    if unit_errors:
+        first = unit_errors[0]
+        raise UnitsFailedError(f"{len(unit_errors)} of {len(units)} units failed (first: {first['unit']}: "
+                               f"{first['error']}); {report} lists them and {out / 'units.json'} has the details. "
+                               "A rerun retries only these: finished units are read from the cache")
+    return report
+
+
+class UnitsFailedError(LesionforgeError):
+    """Some units of a comparison failed (the others finished and the report was written)."""
 
 
 # What `run_compare` writes into its output folder (a rerun reuses its caches).
 OUTPUT_ENTRIES = {"config.yaml", "data", "generators", "synthetic", "quality", "cache", "plots", "results.jsonl",
-                  "report.md", "report.html", "generator_quality.json", "generator_failures.json"}
+                  "report.md", "report.html", "generator_quality.json", "generator_failures.json", "units.json"}
 
 
 def check_output_folder(out: Path) -> None:
@@ -356,9 +338,9 @@ def _baselines(exp: Experiment):
     return [st for st in exp.strategies if st.name in exp.ceiling]
 
 
-def _strategy_runs(
+def strategy_runs(
     exp: Experiment, strategy, budget: int, seed: int, labelled: SliceDataset, synthetic: list[SliceDataset],
-    splits: Splits, *, out: Path, device: str, classes: dict[int, str], bar,
+    splits: Splits, *, out: Path, device: str, classes: dict[int, str], on_task=None,
 ) -> list[dict[str, Any]]:
     """Every task of one (strategy, budget, seed), segment first: a unet-backbone detector
     starts from the segmenter this same unit trained. Each run is cached under the hash of
@@ -377,7 +359,8 @@ def _strategy_runs(
     for task in sorted(exp.tasks, key=lambda t: t != "segment"):
         spec = exp.tasks[task]
         needs_seg = spec.uses_segmenter
-        bar.set_postfix_str(f"{task} {strategy.name} (budget {budget}, seed {seed})")
+        if on_task is not None:
+            on_task(task)
         key = config_hash({**base, "task": task, "spec": asdict(spec), "init": seg_key if needs_seg else None})
         cache = out / "cache" / f"{task}_{strategy.name}_{key}.json"
         weights = cache.with_suffix(".pt")
@@ -401,7 +384,6 @@ def _strategy_runs(
         if task == "segment":
             seg_state, seg_key = (spec, state), key
         rows.append(row)
-        bar.update(1)
     return rows
 
 
@@ -447,7 +429,3 @@ def write_bytes_yaml(path: Path, obj: Any) -> None:
 
     write_bytes_atomic(path, yaml.safe_dump(to_jsonable(obj), sort_keys=True).encode())
 
-
-def np_mean(values: Sequence[float]) -> float:
-    vals = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(vals)) if vals else float("nan")
