@@ -14,7 +14,10 @@ Reproducibility contract: every random draw inside ``make_batch`` comes from the
 ``rng`` it is given, and every torch draw inside ``training_step`` from the global
 torch RNG, which the trainer reseeds from ``(seed, step)`` before each step. Any other
 state that must survive a resume (an image pool, a mask bank) lives in tensors
-returned by ``get_extra_state`` so it travels in ``state_dict()``.
+returned by ``get_extra_state`` so it travels in ``state_dict()``. Under torchrun a
+process's ``training_step`` sees its part of the batch; a draw made per sample goes
+through ``self.shard`` (``self.shard.randn``, ``self.shard.gather``), so that N processes
+draw what one process draws for the whole batch (`gan.train.distributed`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from augment.sample import Sample
 from augment.storage import sha256_bytes, to_jsonable, versions, write_bytes_atomic
 from augment.window import DISPLAY_WINDOW, MODEL_WINDOW, WINDOWS, Window
 from gan.registry import REGISTRY
+from gan.train.distributed import WHOLE_BATCH, BatchShard
 
 # The generator classes by name, imported from `gan.registry.REGISTRY` on first use (tests
 # may add their own here).
@@ -113,6 +117,9 @@ class GanModule(nn.Module, ABC):
     # generated lesions pasted in: memorisation compares whole slices, and the evaluation
     # checks that the host's lesions survived.
     translates_hosts: ClassVar[bool] = False
+    # This process's part of each training batch: the whole batch, except inside a training
+    # step under torchrun, where the trainer sets it (`gan.train.distributed.data_parallel`).
+    shard: BatchShard = WHOLE_BATCH
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()

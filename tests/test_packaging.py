@@ -33,7 +33,7 @@ def wheel(tmp_path_factory) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for package in ("augment", "gan", "downstream"):
+    for package in ("augment", "gan", "downstream", "lesionforge"):
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     cmd = [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(root / "dist")]
     if importlib.util.find_spec("setuptools.command.bdist_wheel") is not None:
@@ -48,6 +48,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_ships_every_config_as_package_data(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "augment/classical/pipelines.yaml" in names
+    assert "lesionforge/__main__.py" in names  # python -m lesionforge, torchrun -m lesionforge
     shipped = {
         Path(n).stem for n in names if n.startswith("downstream/configs/") and n.endswith(".yaml")
     }

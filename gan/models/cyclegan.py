@@ -34,6 +34,7 @@ from augment.window import WINDOWS, Window
 from gan.base import GanModule, LinearDecayLR
 from gan.networks.patchgan import NLayerDiscriminator, check_depth
 from gan.networks.resnet import N_DOWNSAMPLING, ResnetGenerator, init_normal_
+from gan.train.distributed import WHOLE_BATCH, BatchShard
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +122,16 @@ class ImagePool(nn.Module):
     def __len__(self) -> int:
         return len(self.images)
 
-    def query(self, fakes: Tensor) -> Tensor:
-        """The images the discriminator sees instead of ``fakes`` (same shape)."""
+    def query(self, fakes: Tensor, shard: BatchShard = WHOLE_BATCH) -> Tensor:
+        """The images the discriminator sees instead of ``fakes`` (same shape).
+
+        ``fakes`` is ``shard``'s part of the batch (under torchrun): the pool takes the
+        whole batch's (`BatchShard.gather`) and returns this part of its answer, so every
+        process keeps the pool, and draws the swaps, that one process would.
+        """
         if self.size == 0:
             return fakes
-        fakes = fakes.detach()
+        fakes = shard.gather(fakes.detach())
         # CPU draws, turned into Python numbers: no device synchronisation.
         swap = (torch.rand(len(fakes)) > 0.5).tolist()
         slots = torch.randint(0, self.size, (len(fakes),)).tolist()
@@ -140,7 +146,7 @@ class ImagePool(nn.Module):
                 self.images[slots[k]] = image
             else:
                 out.append(image)
-        return torch.stack(out)
+        return shard.local(torch.stack(out))
 
     def get_extra_state(self) -> Tensor:
         return self.images.detach()
@@ -330,8 +336,8 @@ class CycleGAN(LinearDecayLR, GanModule):
         _set_requires_grad((self.d_a, self.d_b), True)
 
         opt_d.zero_grad(set_to_none=True)
-        loss_d_a = self._d_loss(self.d_a, real_a, self.pool_a.query(fake_a))
-        loss_d_b = self._d_loss(self.d_b, real_b, self.pool_b.query(fake_b))
+        loss_d_a = self._d_loss(self.d_a, real_a, self.pool_a.query(fake_a, self.shard))
+        loss_d_b = self._d_loss(self.d_b, real_b, self.pool_b.query(fake_b, self.shard))
         (loss_d_a + loss_d_b).backward()
         opt_d.step()
 

@@ -326,7 +326,7 @@ class DCGAN(GanModule):
         real = batch["real"]
         cond = self._condition(batch["cls"])
         opt_g, opt_d = self.optimizers["G"], self.optimizers["D"]
-        z = torch.randn(real.shape[0], self.cfg.nz, device=real.device)
+        z = self.shard.randn(real.shape[0], self.cfg.nz, device=real.device)
         fake = self.netG(z, cond)
 
         # D: maximise log D(x) + log(1 - D(G(z))).

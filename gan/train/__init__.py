@@ -1,2 +1,3 @@
 """Training any generator: the loop, seeding, checkpoints and resume (`trainer`), its data
-(`data`) and where its metrics go (`sinks`)."""
+(`data`), where its metrics go (`sinks`), and several processes training one model under
+torchrun (`distributed`)."""

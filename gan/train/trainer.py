@@ -9,6 +9,10 @@ before ``training_step``. Nothing else random carries over between steps except 
 the model keeps in its ``state_dict`` (an image pool), so a resumed run on CPU gives
 bit-identical weights to an uninterrupted one.
 
+Under ``torchrun --nproc_per_node N`` the same loop runs in N processes that train one
+model on one global batch of ``batch_size`` (`gan.train.distributed`): each process keeps
+its part of every batch, gradients are averaged, process 0 writes the run folder.
+
 Conventions: "step N" in the log, in checkpoints and in error messages counts
 completed updates (the first update is step 1; a checkpoint at step N resumes with
 the (N+1)-th update).
@@ -68,6 +72,7 @@ from gan.train.data import (
     open_dataset,
     require_anatomy,
 )
+from gan.train.distributed import World, check_batch_split, data_parallel, joined, launched_size
 from gan.train.run_folder import (
     check_resume,
     check_run_folder,
@@ -101,28 +106,37 @@ def step_rng(seed: int, step: int) -> np.random.Generator:
 
 
 @contextlib.contextmanager
-def _deferred_sigint() -> Iterator[dict[str, bool]]:
+def _deferred_sigint(world: World) -> Iterator[dict[str, bool]]:
     """Turn the first Ctrl-C into a flag the loop checks between steps.
 
     So an interrupted run stops at a step boundary and its checkpoint resumes exactly;
-    a second Ctrl-C interrupts at once (weights may then hold a half-done step).
+    a second Ctrl-C interrupts at once (weights may then hold a half-done step). Under
+    torchrun, which passes the user's Ctrl-C on to its processes (or SIGTERM) and kills
+    them 30 s later, every SIGINT and SIGTERM only sets the flag, and the processes stop
+    together at the first step boundary where any of them has it.
     """
     flag = {"interrupted": False}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
-    previous = signal.getsignal(signal.SIGINT)
+    signums = (signal.SIGINT,) if world.size == 1 else (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in signums}
 
     def handler(signum, frame):
         flag["interrupted"] = True
-        log.warning("interrupt: stopping after this step (press Ctrl-C again to stop now)")
-        signal.signal(signal.SIGINT, previous)
+        if world.size == 1:
+            log.warning("interrupt: stopping after this step (press Ctrl-C again to stop now)")
+            signal.signal(signal.SIGINT, previous[signal.SIGINT])
+        else:
+            log.warning("%s: stopping after this step", signal.Signals(signum).name)
 
-    signal.signal(signal.SIGINT, handler)
+    for signum in signums:
+        signal.signal(signum, handler)
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
@@ -186,6 +200,11 @@ def train(
         data_info: where the data came from (``folder``, ``folder_b``, ``kind``...),
             merged with the data fingerprint into ``module.data_info``.
 
+    Under torchrun (``WORLD_SIZE`` and the rest in the environment) every process calls
+    this with the same arguments; they train together (`gan.train.distributed`), process
+    0 writes ``out``, and every process returns the same summary (but ``grids``, which
+    only process 0 draws).
+
     Returns:
         ``step``, mean ``losses`` of the last logging window, ``checkpoint`` and
         ``checkpoint_sha256``, ``log``, ``config``, ``grids`` (paths as strings).
@@ -193,24 +212,39 @@ def train(
     Raises:
         CheckpointError: resuming without a checkpoint, or with other data or config.
         ConfigError: ``out`` already holds a run and neither resume nor overwrite is set,
-            or holds files that are not a run's (`check_run_folder`).
+            or holds files that are not a run's (`check_run_folder`); under torchrun, a
+            batch size the processes cannot split equally.
         NonFiniteLossError: a loss became NaN/inf (named with its step).
     """
+    check_batch_split(cfg.batch_size, launched_size())
+    check_run_folder(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
+    with joined(resolve_device(cfg.device)) as world:
+        return _train(module, data, data_b, cfg, data_info or {}, world)
+
+
+def _train(
+    module: GanModule,
+    data: Sequence[Sample],
+    data_b: Sequence[Sample] | None,
+    cfg: TrainConfig,
+    data_info: dict[str, Any],
+    world: World,
+) -> dict[str, Any]:
+    """`train`, in this process's part of ``world``."""
     out = cfg.out
     ckpt_path = out / RUN_CHECKPOINT
-    check_run_folder(out, resume=cfg.resume, overwrite=cfg.overwrite)
-    device = resolve_device(cfg.device)
-    where = data_info or {}
+    device = world.device
     module.check_data(
         module.cfg, data, data_b,
-        folder=where.get("folder") or "data", folder_b=where.get("folder_b") or "data_b",
+        folder=data_info.get("folder") or "data", folder_b=data_info.get("folder_b") or "data_b",
     )  # fmt: skip
-    info = {**(data_info or {}), **describe_data(data, data_b)}
+    info = {**data_info, **describe_data(data, data_b)}
     resume_from: dict[str, Any] | None = None
     if cfg.resume:
         resume_from = read_checkpoint(ckpt_path)
         check_resume(resume_from, module, info, cfg, ckpt_path)
-    remove_stale_run_files(out)
+    if world.is_main:
+        remove_stale_run_files(out)
 
     module.data_info = info
     module.prepare(data, data_b)
@@ -229,8 +263,8 @@ def train(
         start = int(resume_from["step"])
         log.info("resuming %s at step %d of %d", out, start, cfg.steps)
     module.train()
+    parallel_step = data_parallel(module, world)
 
-    out.mkdir(parents=True, exist_ok=True)
     resolved = {
         "model": module.name,
         "model_config": asdict(module.cfg),
@@ -239,16 +273,22 @@ def train(
         "device": str(device),
         "versions": versions(),
     }
+    if world.size > 1:
+        resolved["distributed"] = {"world_size": world.size, "backend": world.backend}
     config_path = out / "config.yaml"
-    write_bytes_atomic(config_path, yaml.safe_dump(to_jsonable(resolved), sort_keys=False).encode())
-
-    sink_list: list[JsonlSink | WandbSink] = [
-        JsonlSink(out / "log.jsonl", resume_from=start if resume_from is not None else None)
-    ]
-    if cfg.wandb:
-        sink_list.append(
-            WandbSink(project=cfg.wandb_project, config=resolved, out=out, name=out.name)
+    sink_list: list[JsonlSink | WandbSink] = []
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(
+            config_path, yaml.safe_dump(to_jsonable(resolved), sort_keys=False).encode()
         )
+        sink_list.append(
+            JsonlSink(out / "log.jsonl", resume_from=start if resume_from is not None else None)
+        )
+        if cfg.wandb:
+            sink_list.append(
+                WandbSink(project=cfg.wandb_project, config=resolved, out=out, name=out.name)
+            )
     sinks = Sinks(sink_list)
 
     hosts = _grid_hosts(data, cfg.grid_n)
@@ -273,37 +313,46 @@ def train(
     bench_flag = torch.backends.cudnn.benchmark
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick kernels once
-    bar = _progress_bar(cfg, module.name, start)
+    bar = _progress_bar(cfg, module.name, start, show=world.is_main)
     t0, done_at_t0 = time.perf_counter(), start
     try:
-        with _deferred_sigint() as sigint:
+        with _deferred_sigint(world) as sigint:
             for step in range(start, cfg.steps):
-                if sigint["interrupted"]:
+                if world.any(sigint["interrupted"]):
                     raise KeyboardInterrupt
                 torch.manual_seed(torch_seed(cfg.seed, step))
+                # Under torchrun: the whole batch drawn, this process's part kept.
                 batch = module.make_batch(step_rng(cfg.seed, step), cfg.batch_size)
+                batch = world.shard.local_batch(batch, cfg.batch_size)
                 batch = _to_device(batch, device, cfg.channels_last)
-                with autocast:
+                with autocast, parallel_step():
                     step_losses = train_step(module, batch, step)
                 done = step + 1
-                monitor.update(done, step_losses)
+                monitor.update(done, world.mean(step_losses))
                 last = done == cfg.steps
                 if done % cfg.log_every == 0 or last:
                     losses = monitor.flush()
                     rate = (done - done_at_t0) / max(time.perf_counter() - t0, 1e-9)
                     sinks.log({"step": done, **losses, "steps_per_s": rate})
                     bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
-                if cfg.grid_n and ((cfg.grid_every and done % cfg.grid_every == 0) or last):
+                if (
+                    world.is_main
+                    and cfg.grid_n
+                    and ((cfg.grid_every and done % cfg.grid_every == 0) or last)
+                ):
                     grid(done)
                 if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or last:
                     monitor.check()  # never save weights that already went NaN
-                    _, sha = save_checkpoint(module, cfg, done, numbered=not last)
+                    if world.is_main:
+                        _, sha = save_checkpoint(module, cfg, done, numbered=not last)
                 bar.update(1)
     except KeyboardInterrupt:
-        save_checkpoint(module, cfg, done, numbered=False)
-        log.warning(
-            "interrupted: checkpoint at step %d in %s (continue with --resume)", done, ckpt_path
-        )
+        if world.is_main:
+            save_checkpoint(module, cfg, done, numbered=False)
+            log.warning(
+                "interrupted: checkpoint at step %d in %s (continue with --resume)", done, ckpt_path
+            )
+        world.barrier()  # torchrun ends every process once one has left: let 0 finish writing
         raise
     finally:
         bar.close()
@@ -317,7 +366,8 @@ def train(
             )  # fmt: skip
         else:
             log.info("%s: already trained for %d steps; nothing to do", out, start)
-        sha = file_sha256(ckpt_path)
+        sha = file_sha256(ckpt_path) if world.is_main else ""
+    sha = world.from_main(sha)  # and the others wait until process 0 has written
     return {
         "step": done,
         "losses": losses,
@@ -345,7 +395,7 @@ def train_step(module: GanModule, batch: dict[str, Tensor], step: int | None = N
     return {**losses, "lr": lr}
 
 
-def _progress_bar(cfg: TrainConfig, name: str, start: int):
+def _progress_bar(cfg: TrainConfig, name: str, start: int, *, show: bool):
     from tqdm.auto import tqdm
 
     return tqdm(
@@ -353,7 +403,7 @@ def _progress_bar(cfg: TrainConfig, name: str, start: int):
         initial=start,
         desc=f"train {name}",
         unit="step",
-        disable=not cfg.progress,
+        disable=not (cfg.progress and show),
         dynamic_ncols=True,
     )
 
