@@ -188,7 +188,8 @@ def cmd_gan_train(a: argparse.Namespace) -> None:
         ckpt_every=a.ckpt_every,
         grid_every=a.grid_every,
     )
-    print(f"trained {a.model} to step {result['step']}; checkpoint: {result['checkpoint']}")
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one line, not one per process
+        print(f"trained {a.model} to step {result['step']}; checkpoint: {result['checkpoint']}")
 
 
 def cmd_gan_evaluate(a: argparse.Namespace) -> None:
@@ -240,7 +241,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
     from downstream.harness.compare import run_compare
 
     report = run_compare(a.config, out=a.out, seed=a.seed, device=a.device, executor=a.executor,
-                         ray_address=a.ray_address)
+                         ray_address=a.ray_address, jobs=a.jobs)
     print(f"report: {report}")
 
 
@@ -566,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="local: every unit here, one after another (default); ray: every unit a Ray task "
                     "(resources from the config's `resources:`), on a new local Ray instance or --ray-address. "
                     "Needs pip install 'lesionforge[distributed]'")
+    cp.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                    help="--executor local: N units at a time in worker processes, the CPU cores shared "
+                    "among them (default 1: one after another, torch using every core)")
     cp.add_argument("--ray-address", metavar="ADDR",
                     help="the Ray cluster to run on (e.g. ray://head:10001, or `auto` for the cluster this "
                     "machine belongs to); default RAY_ADDRESS, else a new local instance")
@@ -601,6 +605,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: process 0 speaks for the others
+        logging.getLogger().setLevel(logging.WARNING)
     os.environ.setdefault("WANDB_MODE", "offline")
     if getattr(args, "threads", None):
         import torch

@@ -240,11 +240,12 @@ def _device(spec: str):
 
 def run_compare(
     config: str | Path | Experiment, *, out: str | Path | None = None, seed: int = 0, device: str = "auto",
-    progress: bool = True, executor: str = "local", ray_address: str | None = None,
+    progress: bool = True, executor: str = "local", ray_address: str | None = None, jobs: int = 1,
 ) -> Path:
     """Run every (budget, seed, task, strategy) of an experiment; returns the report path.
 
-    ``executor`` ``local`` runs the units (`downstream.harness.units`) one after another here;
+    ``executor`` ``local`` runs the units (`downstream.harness.units`) one after another here
+    (``jobs`` > 1: that many at a time in worker processes, the cores shared among them);
     ``ray`` runs them as Ray tasks (`downstream.harness.executors`), on a local Ray instance or
     the cluster at ``ray_address``: the same rows and report either way. A unit that fails
     does not stop the others; the report lists it and `UnitsFailedError` is raised after it.
@@ -274,7 +275,7 @@ def run_compare(
     units = plan(exp, splits)
     t_start = time.perf_counter()
     results = run_units(units, Context(exp, out, device), executor=executor, ray_address=ray_address,
-                        splits=splits, progress=progress)
+                        jobs=jobs, splits=splits, progress=progress)
     rows = [row for r in results for row in r.get("rows", [])]
     gen_quality = [r["quality"] for r in results if r.get("quality")]
     failures = [r["failure"] for r in results if r.get("failure")]
@@ -285,7 +286,7 @@ def run_compare(
     write_json_atomic(out / "generator_quality.json", gen_quality)
     write_json_atomic(out / "generator_failures.json", failures)
     write_json_atomic(out / "units.json", {
-        "executor": executor,
+        "executor": executor if executor != "local" or jobs == 1 else f"local, {jobs} jobs",
         "units": [{"unit": u.id, "status": r["status"], "computed": r.get("computed"), "seconds": r.get("seconds"),
                    **({"error": r["error"]} if "error" in r else {})} for u, r in zip(units, results, strict=True)],
     })

@@ -1,7 +1,7 @@
 """Where a comparison's units run: one after another here (``local``), or as Ray tasks.
 
 ``local`` (the default, needs nothing more) runs `downstream.harness.units.plan` in order in
-this process. ``ray`` submits every unit as a Ray task with the resources the experiment's
+this process, or ``jobs`` units at a time in worker processes on this machine. ``ray`` submits every unit as a Ray task with the resources the experiment's
 ``resources:`` section asks for, a strategy unit taking its generator units' results as
 arguments (Ray starts it when they are done), on a local Ray instance or the cluster at
 ``--ray-address``. Either way the results come back in plan order, so the rows, the
@@ -32,17 +32,26 @@ EXECUTORS = ("local", "ray")
 
 def run_units(
     units: Sequence[Unit], ctx: Context, *, executor: str = "local", ray_address: str | None = None,
-    splits=None, progress: bool = True,
+    jobs: int = 1, splits=None, progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run ``units`` with ``executor``; returns their results in the order of ``units``."""
+    """Run ``units`` with ``executor``; returns their results in the order of ``units``.
+
+    ``jobs`` > 1 (local only): that many units at a time in worker processes on this
+    machine, each with an equal share of its cores as torch threads.
+    """
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if jobs < 1 or (jobs > 1 and executor != "local"):
+        raise ConfigError(f"--jobs {jobs}: a positive number, for --executor local (Ray sizes its own "
+                          "workers from resources:)")
     bar = tqdm(total=len(units), desc=f"compare {ctx.exp.name}", unit="unit", disable=not progress,
                dynamic_ncols=True)
     try:
-        if executor == "local":
-            return _run_local(units, ctx, splits, bar)
-        return _run_ray(units, ctx, ray_address, bar)
+        if executor == "ray":
+            return _run_ray(units, ctx, ray_address, bar)
+        if jobs > 1:
+            return _run_processes(units, ctx, jobs, bar)
+        return _run_local(units, ctx, splits, bar)
     finally:
         bar.close()
 
@@ -62,6 +71,39 @@ def _run_local(units: Sequence[Unit], ctx: Context, splits, bar) -> list[dict[st
         results[unit.id] = run_unit(unit, ctx, {n: results[n] for n in unit.needs}, splits=splits,
                                     on_task=on_task)
         bar.update(1)
+    return [results[u.id] for u in units]
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_processes(units: Sequence[Unit], ctx: Context, jobs: int, bar) -> list[dict[str, Any]]:
+    """``jobs`` units at a time in worker processes, started in plan order as their
+    generator units finish."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    results: dict[str, dict[str, Any]] = {}
+    waiting = list(units)
+    running: dict[Any, Unit] = {}
+    # spawn, not fork: a forked torch (its thread pools, an initialised CUDA) is not safe.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        while waiting or running:
+            for unit in [u for u in waiting if all(n in results for n in u.needs)][: jobs - len(running)]:
+                waiting.remove(unit)
+                running[pool.submit(run_unit, unit, ctx, {n: results[n] for n in unit.needs})] = unit
+            bar.set_postfix_str(f"{_counts(results, len(running))}, waiting {len(waiting)} | "
+                                + ", ".join(u.describe() for u in running.values()))
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                unit = running.pop(future)
+                results[unit.id] = future.result()  # a FATAL error ends the comparison here
+                bar.update(1)
     return [results[u.id] for u in units]
 
 

@@ -109,6 +109,26 @@ def test_resources_section_is_checked():
         experiment_from_dict({**TINY, "resources": {"task": {"num_cpus": 0}}})
 
 
+def test_two_local_jobs_give_the_rows_one_job_gives(tmp_path):
+    """--jobs 2: two units at a time in worker processes (one torch thread each on 2
+    cores) against one after another with one thread: the same rows, byte for byte."""
+    import os
+
+    import torch
+
+    raw = {**TINY, "seeds": [0, 1]}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    try:
+        run_compare(experiment_from_dict(raw), out=tmp_path / "one", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    run_compare(experiment_from_dict(raw), out=tmp_path / "two", progress=False, jobs=2)
+    assert json.dumps(rows(tmp_path / "two"), sort_keys=True) == json.dumps(rows(tmp_path / "one"), sort_keys=True)
+    units = json.loads((tmp_path / "two" / "units.json").read_text())
+    assert units["executor"] == "local, 2 jobs" and len(units["units"]) == 8
+
+
 # ---------------------------------------------------------------------------------- Ray
 
 
@@ -152,7 +172,8 @@ def test_ray_gives_the_rows_one_process_gives(ray_local, tmp_path):
 
 
 def _ray_unit_processes() -> list[int]:
-    """Pids of Ray workers busy with a unit (Ray names the process after the task)."""
+    """Pids of Ray workers busy with a strategy unit (Ray names the process after the task:
+    ``ray::<unit id>``)."""
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -160,7 +181,7 @@ def _ray_unit_processes() -> list[int]:
                 cmd = (proc / "cmdline").read_bytes()
             except OSError:
                 continue
-            if cmd.startswith(b"ray::_remote_unit"):
+            if cmd.startswith(b"ray::strategy:"):
                 pids.append(int(proc.name))
     return pids
 
