@@ -248,7 +248,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
 def cmd_demo(a: argparse.Namespace) -> None:
     from downstream.demo import run_demo
 
-    report = run_demo(out=a.out, seed=a.seed, device=a.device)
+    report = run_demo(out=a.out, seed=a.seed, device=a.device, jobs=a.jobs)
     print(f"report: {report}")
 
 
@@ -577,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", parents=[common, device], help="the quick end-to-end run on the head-ICH phantom")
     dm.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
+    dm.add_argument("--jobs", type=_positive_int, metavar="N",
+                    help="units at a time in worker processes, the cores shared among them "
+                    "(default: 2 where there are 2 cores or more)")
     dm.set_defaults(func=cmd_demo)
 
     cf = sub.add_parser("configs", help="the shipped experiment configs and pipelines").add_subparsers(

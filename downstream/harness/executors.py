@@ -86,7 +86,10 @@ def _run_processes(units: Sequence[Unit], ctx: Context, jobs: int, bar) -> list[
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    import torch
+
+    # This process's torch threads (one per core, or --threads), shared among the jobs.
+    threads = max(1, torch.get_num_threads() // jobs)
     results: dict[str, dict[str, Any]] = {}
     waiting = list(units)
     running: dict[Any, Unit] = {}

@@ -112,13 +112,11 @@ def test_resources_section_is_checked():
 def test_two_local_jobs_give_the_rows_one_job_gives(tmp_path):
     """--jobs 2: two units at a time in worker processes (one torch thread each on 2
     cores) against one after another with one thread: the same rows, byte for byte."""
-    import os
-
     import torch
 
     raw = {**TINY, "seeds": [0, 1]}
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    torch.set_num_threads(max(1, threads // 2))
     try:
         run_compare(experiment_from_dict(raw), out=tmp_path / "one", progress=False)
     finally:
