@@ -18,6 +18,10 @@ alternating round by round because the machine is shared and noisy:
   and at the last step (both measured from the same start), so preparation, the
   checkpoint and the warm-up are not counted.
 
+Ours is timed at each ``--precision`` (default fp32 and auto: bf16 autocast where the CPU
+has AMX/AVX512-BF16 or the GPU native bf16, `gan.train.precision`), always against the
+float32 reference: the ratio of the auto row is what a user gets by default.
+
 GFLOP/s: the FLOPs of one reference training step (forward, backward; counted by
 ``torch.utils.flop_counter.FlopCounterMode``, optimizer not counted) divided by each
 side's seconds per step. Both sides do the same network work per step, so the ratio of
@@ -28,7 +32,7 @@ stalls the whole step): use more ``--rounds``, or ``--threads 1``, before readin
 ratio far from 1 as real.
 
     .venv/bin/python bench/gan_step.py [--model all] [--steps 5] [--warmup 2] [--rounds 2]
-        [--threads N] [--device auto]
+        [--threads N] [--device auto] [--precision fp32 auto]
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from gan.networks.patchgan import NLayerDiscriminator  # noqa: E402
 from gan.networks.resnet import ResnetGenerator, init_normal_  # noqa: E402
 from gan.networks.unet import UnetGenerator  # noqa: E402
 from gan.train.config import TrainConfig  # noqa: E402
+from gan.train.precision import PRECISIONS, resolve_precision  # noqa: E402
 from gan.train.trainer import train  # noqa: E402
 
 MODELS = ("dcgan", "pix2pix", "cyclegan")
@@ -272,9 +277,11 @@ def time_ours(
     warmup: int,
     steps: int,
     out: Path,
+    precision: str = "fp32",
 ) -> float:
     total = warmup + steps
     cfg = TrainConfig(
+        precision=precision,
         steps=total,
         batch_size=BATCH[name],
         out=out,
@@ -303,7 +310,8 @@ def reference_flops(step: Step) -> int:
 # ---------------------------------------------------------------- main
 
 
-def bench(name: str, args: argparse.Namespace, device: torch.device, tmp: Path) -> dict:
+def bench(name: str, args: argparse.Namespace, device: torch.device, tmp: Path) -> list[dict]:
+    """One row per precision of ours, each against the same float32 reference step."""
     module, data, data_b = build_ours(name)
     ref_step, ref_nets = build_reference(name, module, device)
     if _n_params(ref_nets) != _n_params(module):
@@ -311,40 +319,40 @@ def bench(name: str, args: argparse.Namespace, device: torch.device, tmp: Path) 
             f"{name}: reference has {_n_params(ref_nets)} parameters, ours {_n_params(module)}"
         )
     flops = reference_flops(ref_step)
-    ref_times, our_times = [], []
+    ref_times: list[float] = []
+    our_times: dict[str, list[float]] = {p: [] for p in args.precision}
     for r in range(args.rounds):
         ref_times.append(time_reference(ref_step, device, args.warmup, args.steps))
-        our_times.append(
-            time_ours(
-                name,
-                module,
-                data,
-                data_b,
-                args.device,
-                args.warmup,
-                args.steps,
-                tmp / f"{name}_{r}",
+        for precision in args.precision:
+            our_times[precision].append(
+                time_ours(name, module, data, data_b, args.device, args.warmup, args.steps,
+                          tmp / f"{name}_{precision}_{r}", precision=precision)
             )
-        )
         print(
-            f"  {name} round {r + 1}: reference {ref_times[-1]:.3f} s/iter, "
-            f"ours {our_times[-1]:.3f} s/iter",
+            f"  {name} round {r + 1}: reference {ref_times[-1]:.3f} s/iter, ours "
+            + ", ".join(f"{p} {t[-1]:.3f}" for p, t in our_times.items()) + " s/iter",
             file=sys.stderr,
             flush=True,
         )
-    ref, ours = min(ref_times), min(our_times)
+    ref = min(ref_times)
     size = module.cfg.roi_size if name == "dcgan" else SIZE
-    return {
-        "model": name,
-        "batch": BATCH[name],
-        "size": size,
-        "ref": ref,
-        "ours": ours,
-        "ratio": ref / ours,
-        "gflops_ref": flops / ref / 1e9,
-        "gflops_ours": flops / ours / 1e9,
-        "gflop_step": flops / 1e9,
-    }
+    rows = []
+    for precision, times in our_times.items():
+        ours = min(times)
+        used = resolve_precision(precision, device).name
+        rows.append({
+            "model": name,
+            "precision": precision if used == precision else f"{precision}={used}",
+            "batch": BATCH[name],
+            "size": size,
+            "ref": ref,
+            "ours": ours,
+            "ratio": ref / ours,
+            "gflops_ref": flops / ref / 1e9,
+            "gflops_ours": flops / ours / 1e9,
+            "gflop_step": flops / 1e9,
+        })
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="reference/ours alternations")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32", "auto"],
+                   help="precisions of our step to time, each against the fp32 reference "
+                   "(default: fp32 auto; auto is bf16 where the hardware has it natively)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 1 or args.rounds < 1:
         p.error("--steps, --warmup and --rounds must be >= 1")
@@ -371,15 +382,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="gan_step_") as tmp:
         for name in names:
-            rows.append(bench(name, args, device, Path(tmp)))
+            rows += bench(name, args, device, Path(tmp))
     head = (
-        f"{'model':<9} {'batch':>5} {'size':>4} {'GFLOP/step':>10} {'ref s/iter':>10} "
+        f"{'model':<9} {'precision':<10} {'batch':>5} {'size':>4} {'GFLOP/step':>10} {'ref s/iter':>10} "
         f"{'ours s/iter':>11} {'ratio':>6} {'ref GFLOP/s':>11} {'ours GFLOP/s':>12}"
     )
     print(head)
     for r in rows:
         print(
-            f"{r['model']:<9} {r['batch']:>5} {r['size']:>4} {r['gflop_step']:>10.1f} "
+            f"{r['model']:<9} {r['precision']:<10} {r['batch']:>5} {r['size']:>4} {r['gflop_step']:>10.1f} "
             f"{r['ref']:>10.3f} {r['ours']:>11.3f} {r['ratio']:>6.2f} "
             f"{r['gflops_ref']:>11.1f} {r['gflops_ours']:>12.1f}"
         )

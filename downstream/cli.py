@@ -187,6 +187,7 @@ def cmd_gan_train(a: argparse.Namespace) -> None:
         wandb=a.wandb,
         ckpt_every=a.ckpt_every,
         grid_every=a.grid_every,
+        precision=a.precision,
     )
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one line, not one per process
         print(f"trained {a.model} to step {result['step']}; checkpoint: {result['checkpoint']}")
@@ -524,6 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--wandb", action="store_true", help="log to wandb (offline unless configured)")
     tr.add_argument("--ckpt-every", type=int, default=TRAIN_DEFAULTS["ckpt_every"],
                     help="write RUN/last.pt (and a numbered copy) every N steps; 0: only at the end (default: %(default)s)")
+    tr.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                    help="auto: bf16 autocast where the CPU (AMX, AVX512-BF16) or GPU computes it natively, "
+                    "fp16 with a gradient scaler on older GPUs, else fp32 (default: %(default)s; the run's "
+                    "config.yaml records what was used)")
     tr.add_argument("--grid-every", type=int, default=TRAIN_DEFAULTS["grid_every"],
                     help="write a progress grid PNG every N steps; 0: only at the end (default: %(default)s)")
     tr.set_defaults(func=cmd_gan_train)

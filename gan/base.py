@@ -120,6 +120,9 @@ class GanModule(nn.Module, ABC):
     # This process's part of each training batch: the whole batch, except inside a training
     # step under torchrun, where the trainer sets it (`gan.train.distributed.data_parallel`).
     shard: BatchShard = WHOLE_BATCH
+    # fp16 training's gradient scaler (`gan.train.precision`), set by the trainer; None
+    # otherwise. A ``training_step`` calls `backward` and `optimizer_step` so that it applies.
+    scaler: torch.amp.GradScaler | None = None
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
@@ -127,6 +130,18 @@ class GanModule(nn.Module, ABC):
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         # Filled by the trainer / load(): where the training data lives and its fingerprint.
         self.data_info: dict[str, Any] = {}
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, scaled first under fp16 (`scaler`)."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def optimizer_step(self, opt: torch.optim.Optimizer) -> None:
+        """``opt.step()``; under fp16 the scaler's (gradients unscaled, a step with inf/NaN
+        gradients skipped; the trainer updates the scale once per training step)."""
+        if self.scaler is not None:
+            self.scaler.step(opt)
+        else:
+            opt.step()
 
     # ---- what a model writes ------------------------------------------------
     @abstractmethod

@@ -199,7 +199,9 @@ def generator_run(
 
     key = config_hash({"v": HARNESS_VERSION, "model": name, "config": spec.config, "steps": spec.steps,
                        "bs": spec.batch_size, "seed": seed, "data": _fingerprint(labelled),
-                       "data_b": _fingerprint(unlabelled_b) if unlabelled_b is not None else None})
+                       "data_b": _fingerprint(unlabelled_b) if unlabelled_b is not None else None,
+                       # fp32 runs keep the keys they had before precision was an option
+                       **({"precision": spec.precision} if spec.precision != "fp32" else {})})
     run = root / f"{name}_{key}"
     ckpt = run / "last.pt"
     t0 = time.perf_counter()
@@ -209,7 +211,7 @@ def generator_run(
         train_generator(name, labelled, unlabelled_b, run, steps=spec.steps, batch_size=None,
                         default_batch_size=spec.batch_size, seed=seed, device=device, model_config=spec.config,
                         ckpt_every=max(spec.steps, 1), grid_every=max(spec.steps, 1), resume=ckpt.exists(),
-                        overwrite=True, progress=False)
+                        overwrite=True, progress=False, precision=spec.precision)
         write_json_atomic(run / "done.json", {"seconds": time.perf_counter() - t0, "steps": spec.steps})
     info = json.loads((run / "done.json").read_text())
     return ckpt, {"key": key, "run": str(run), "train_seconds": info["seconds"], "computed": computed}

@@ -331,15 +331,15 @@ class CycleGAN(LinearDecayLR, GanModule):
         else:
             idt_ab = idt_ba = real_a.new_zeros(())
         loss_g = adv_ab + adv_ba + cycle_a + cycle_b + idt_ab + idt_ba
-        loss_g.backward()
-        opt_g.step()
+        self.backward(loss_g)
+        self.optimizer_step(opt_g)
         _set_requires_grad((self.d_a, self.d_b), True)
 
         opt_d.zero_grad(set_to_none=True)
         loss_d_a = self._d_loss(self.d_a, real_a, self.pool_a.query(fake_a, self.shard))
         loss_d_b = self._d_loss(self.d_b, real_b, self.pool_b.query(fake_b, self.shard))
-        (loss_d_a + loss_d_b).backward()
-        opt_d.step()
+        self.backward(loss_d_a + loss_d_b)
+        self.optimizer_step(opt_d)
 
         losses = {
             "G": loss_g,

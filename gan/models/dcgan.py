@@ -337,16 +337,16 @@ class DCGAN(GanModule):
         loss_d_real = F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
         loss_d_fake = F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
         loss_d = loss_d_real + loss_d_fake
-        loss_d.backward()
-        opt_d.step()
+        self.backward(loss_d)
+        self.optimizer_step(opt_d)
 
         # G: maximise log D(G(z)) (the paper's non-saturating loss), D frozen.
         self.netD.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
         logit_gen = self.netD(fake, cond)
         loss_g = F.binary_cross_entropy_with_logits(logit_gen, torch.ones_like(logit_gen))
-        loss_g.backward()
-        opt_g.step()
+        self.backward(loss_g)
+        self.optimizer_step(opt_g)
         self.netD.requires_grad_(True)
 
         return {

@@ -374,8 +374,8 @@ class Pix2Pix(LinearDecayLR, GanModule):
         loss_d_real = _gan_loss(self.net_d(torch.cat([real_a, real_b], 1)), True)
         # Halved so D learns more slowly than G (paper, section 3.3).
         loss_d = 0.5 * (loss_d_fake + loss_d_real)
-        loss_d.backward()
-        opt_d.step()
+        self.backward(loss_d)
+        self.optimizer_step(opt_d)
 
         self.net_d.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
@@ -383,8 +383,8 @@ class Pix2Pix(LinearDecayLR, GanModule):
         weight = 1.0 + (cfg.l1_lesion_weight - 1.0) * batch["region"]
         loss_g_l1 = (weight * (fake_b - real_b).abs()).mean() * cfg.lambda_l1
         loss_g = loss_g_gan + loss_g_l1
-        loss_g.backward()
-        opt_g.step()
+        self.backward(loss_g)
+        self.optimizer_step(opt_g)
         self.net_d.requires_grad_(True)
 
         losses = {

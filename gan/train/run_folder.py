@@ -154,6 +154,8 @@ def save_checkpoint(
             "torch_cpu": torch.get_rng_state(),
         },
     }
+    if module.scaler is not None:  # fp16: the loss scale continues on resume
+        extra["scaler"] = module.scaler.state_dict()
     sha = module.save(path, step, extra=extra)
     if numbered and cfg.keep_checkpoints:
         copy = cfg.out / f"ckpt_{step:06d}.pt"

@@ -73,6 +73,7 @@ from gan.train.data import (
     require_anatomy,
 )
 from gan.train.distributed import World, check_batch_split, data_parallel, joined, launched_size
+from gan.train.precision import resolve_precision
 from gan.train.run_folder import (
     check_resume,
     check_run_folder,
@@ -262,6 +263,11 @@ def _train(
             opt.load_state_dict(resume_from["optimizers"][name])
         start = int(resume_from["step"])
         log.info("resuming %s at step %d of %d", out, start, cfg.steps)
+    precision = resolve_precision(cfg.precision, device)
+    module.scaler = precision.scaler(device)
+    if module.scaler is not None and resume_from is not None and "scaler" in resume_from:
+        module.scaler.load_state_dict(resume_from["scaler"])
+    log.info("%s: training in %s (%s)", module.name, precision.name, precision.why)
     module.train()
     parallel_step = data_parallel(module, world)
 
@@ -271,6 +277,7 @@ def _train(
         "train": asdict(cfg),
         "data": info,
         "device": str(device),
+        "precision": precision.record(),
         "versions": versions(),
     }
     if world.size > 1:
@@ -309,7 +316,7 @@ def _train(
     losses: dict[str, float] = {}
     done = start
     sha = ""
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
+    autocast = precision.autocast(device)
     bench_flag = torch.backends.cudnn.benchmark
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick kernels once
@@ -327,6 +334,8 @@ def _train(
                 batch = _to_device(batch, device, cfg.channels_last)
                 with autocast, parallel_step():
                     step_losses = train_step(module, batch, step)
+                if module.scaler is not None:
+                    module.scaler.update()  # once per step, after every optimizer stepped
                 done = step + 1
                 monitor.update(done, world.mean(step_losses))
                 last = done == cfg.steps

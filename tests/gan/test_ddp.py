@@ -58,7 +58,8 @@ def torchrun(model: str, data: list[Path], out: Path, *args: str) -> None:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "lesionforge", "gan", "train", model, *folders, "--out", str(out),
-        "--device", "cpu", "--threads", "1", "--ckpt-every", "0", "--grid-every", "0", *args,
+        "--device", "cpu", "--threads", "1", "--ckpt-every", "0", "--grid-every", "0",
+        "--precision", "fp32", *args,  # as train_generator's default: the comparison is at fp32
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
