@@ -569,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="experiment YAML, or the name of a shipped one (`lesionforge configs list`)")
     cp.add_argument("--out", type=Path, help="output folder (default from the config)")
     cp.add_argument("--executor", choices=["local", "ray"], default="local",
-                    help="local: every unit here, one after another (default); ray: every unit a Ray task "
+                    help="local: every unit on this machine (default; one after another, or --jobs N at a time); "
+                    "ray: every unit a Ray task "
                     "(resources from the config's `resources:`), on a new local Ray instance or --ray-address. "
                     "Needs pip install 'lesionforge[distributed]'")
     cp.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
