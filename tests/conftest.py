@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 
 from gan.registry import REGISTRY
 
@@ -27,3 +28,13 @@ def tiny_generator():
         return {**copy.deepcopy(TINY_GENERATORS[name]), **overrides}
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module (``pytestmark = pytest.mark.usefixtures(...)``):
+    tiny nets on the 2 shared cores only contend with more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -110,6 +110,11 @@ def external_test_samples(
     return out
 
 
+def dataset_classes(ds: SliceDataset) -> dict[int, str]:
+    """The lesion classes a dataset names (``dataset.json``), else one class, ``lesion``."""
+    return {int(k): v for k, v in (ds.info.get("classes") or {}).items()} or {1: "lesion"}
+
+
 def _fingerprint(ds: SliceDataset) -> str:
     return config_hash([[r["id"], r.get("sha256")] for r in ds.records])
 
@@ -273,7 +278,7 @@ def run_compare(
             raise DataError(f"the {g} strategy needs a target domain (data.target_domain or target_folder)")
     out.mkdir(parents=True, exist_ok=True)
     write_bytes_yaml(out / "config.yaml", {"experiment": exp.as_dict(), "versions": versions()})
-    classes = {int(k): v for k, v in (source.info.get("classes") or {}).items()} or {1: "lesion"}
+    classes = dataset_classes(source)
     units = plan(exp, splits)
     t_start = time.perf_counter()
     results = run_units(units, Context(exp, out, device), executor=executor, ray_address=ray_address,

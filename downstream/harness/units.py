@@ -158,7 +158,7 @@ def _generator_unit(unit: Unit, ctx: Context, splits) -> dict[str, Any]:
 
 def _strategy_unit(unit: Unit, ctx: Context, splits, needs: dict[str, dict[str, Any]],
                    on_task: Callable[[str], None] | None) -> dict[str, Any]:
-    from downstream.harness.compare import strategy_runs
+    from downstream.harness.compare import dataset_classes, strategy_runs
 
     exp = ctx.exp
     strategy = next(s for s in exp.strategies if s.name == unit.name)
@@ -173,9 +173,8 @@ def _strategy_unit(unit: Unit, ctx: Context, splits, needs: dict[str, dict[str, 
     else:
         labelled = splits.labelled(unit.budget, unit.seed)
         splits.assert_unseen(f"labelled set (budget {unit.budget}, seed {unit.seed})", labelled)
-    classes = {int(k): v for k, v in (splits.source.info.get("classes") or {}).items()} or {1: "lesion"}
     rows = strategy_runs(exp, strategy, unit.budget, unit.seed, labelled, synthetic, splits, out=ctx.out,
-                          device=ctx.device, classes=classes, on_task=on_task)
+                         device=ctx.device, classes=dataset_classes(splits.source), on_task=on_task)
     if unit.ceiling:
         for row in rows:
             row["ceiling"] = True

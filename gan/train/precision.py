@@ -83,8 +83,8 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
         return Precision("fp32", name, f"no native bf16 on this {device.type.upper()}")
     if name == "bf16" and device.type == "cuda" and not native:
         raise ConfigError("precision bf16: this GPU has no native bfloat16; use fp16 (or auto)")
-    why = "asked" + ("" if name == "fp32" or native or device.type == "cuda" else
-                     " (this CPU has no native bf16/fp16: emulated, expect it slower than fp32)")
+    emulated = name != "fp32" and device.type != "cuda" and not native
+    why = "asked (this CPU has no native bf16/fp16: emulated, expect it slower than fp32)" if emulated else "asked"
     return Precision(name, name, why)
 
 

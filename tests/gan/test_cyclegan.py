@@ -23,14 +23,7 @@ from tests.conftest import TINY_GENERATORS
 SIZE = 32
 TINY = {**TINY_GENERATORS["cyclegan"], "pool_size": 3}  # a pool that fills within two steps
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions: extra threads only contend for the shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

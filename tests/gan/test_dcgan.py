@@ -23,14 +23,7 @@ from tests.conftest import TINY_GENERATORS
 ROI = 32
 TINY = {**TINY_GENERATORS["dcgan"], "roi_size": ROI}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two CPU cores are shared with other jobs: many threads on tiny nets only thrash.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _head(size: int = 64, lesions: tuple[tuple[int, int, int, int], ...] = (), pid: str = "p0"):

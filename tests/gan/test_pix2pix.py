@@ -31,14 +31,7 @@ SIZE = 64
 TINY = {"size": SIZE, "ngf": 4, "ndf": 4}
 WINDOW = Window(40.0, 200.0)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny nets on shared cores: one thread is several times faster than two contending.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
