@@ -41,6 +41,9 @@ class DataSpec:
     # An external labelled cohort as the test set (e.g. train on your scans, test on a
     # public set): every slice of it is tested, none of the source's patients is.
     test_folder: str | None = None
+    # Extra unlabelled scans for semi-supervised strategies (a dataset folder; its masks, if
+    # any, are never read). The training patients outside the label budget are always used.
+    unlabelled: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,42 @@ class Strategy:
     generators: tuple[str, ...] = ()  # synthetic data from these generators
     ratio: float = 0.5  # fraction of synthetic slices in each batch
     synthetic_only: bool = False  # train on synthetic slices alone
+    # Also learn from the unlabelled training scans (`downstream.models.semi`): "spmc" or
+    # "cps" (its reference). YAML: ``semi-supervised: spmc``. Options: the `semi:` section.
+    semi_supervised: str | None = None
+
+
+@dataclass(frozen=True)
+class SemiSpec:
+    """The ``semi:`` section: how semi-supervised strategies train (`downstream.models.semi`).
+
+    The optimiser, learning rate, steps and labelled batches are the segment task's own, so
+    that a semi-supervised strategy differs from ``none`` only by what it learns from the
+    unlabelled scans. Defaults are SPMC's: ``tau`` 0.7, ``beta`` 0.5, ``temperature`` 0.1,
+    ``lambda_max`` 0.1 with ramp ``exp(-ramp (1 - t/t_max)^2)``, ``ramp`` 5.
+    """
+
+    tau: float = 0.7  # a pixel is suspicious to a network when its top class probability is <= tau
+    beta: float = 0.5  # weight of SPLAT against CPS
+    temperature: float = 0.1  # sharpening of the confident network's probabilities (SPLAT)
+    lambda_max: float = 0.1  # the unsupervised weight after the ramp
+    ramp: float = 5.0
+    cdps_weight: float = 1.0  # weight of CDPS in the supervised loss
+    unlabelled_batch_size: int | None = None  # unlabelled patches per step (None: the task's batch_size)
+    inference: str = "mean"  # predict with network a, b, or the mean of both networks' probabilities
+
+    def __post_init__(self) -> None:
+        checks = [(0 < self.tau < 1, f"tau must be in (0, 1), got {self.tau}"),
+                  (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
+                  (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+                  (self.lambda_max >= 0 and self.ramp >= 0, "lambda_max and ramp must be >= 0"),
+                  (self.cdps_weight >= 0, f"cdps_weight must be >= 0, got {self.cdps_weight}"),
+                  (self.unlabelled_batch_size is None or self.unlabelled_batch_size >= 1,
+                   f"unlabelled_batch_size must be >= 1, got {self.unlabelled_batch_size}"),
+                  (self.inference in ("a", "b", "mean"), f"inference must be a, b or mean, got {self.inference!r}")]
+        for ok, what in checks:
+            if not ok:
+                raise ConfigError(what)
 
 
 @dataclass(frozen=True)
@@ -211,10 +250,11 @@ class Experiment:
     strategies: tuple[Strategy, ...]
     quality: QualitySpec = field(default_factory=QualitySpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    semi: SemiSpec = field(default_factory=SemiSpec)
     out: str = "out/compare"
     # The full-data ceiling each gain is measured against: these strategies are also
     # trained on every training patient. `ceiling: true` in YAML = every strategy without
-    # generators (none, classical); false = none; or a list of strategy names.
+    # generators or semi-supervision (none, classical); false = none; or a list of names.
     ceiling: tuple[str, ...] = ("none",)
     source: str = ""  # the YAML file it came from
 
@@ -239,8 +279,8 @@ def _int_list(v: Any, where: str, *, low: int) -> tuple[int, ...]:
 
 
 def _ceiling(v: Any, strategies: list[Strategy], where: str) -> tuple[str, ...]:
-    if v is True:
-        return tuple(s.name for s in strategies if not s.generators)
+    if v is True:  # a semi-supervised strategy on every training patient has no unlabelled scan
+        return tuple(s.name for s in strategies if not s.generators and not s.semi_supervised)
     if v is False or v is None:
         return ()
     names = {s.name: s for s in strategies}
@@ -476,7 +516,7 @@ def phantom_train_patients(data: DataSpec, split: SplitSpec) -> int:
 
 def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experiment:
     known = {"name", "data", "split", "budgets", "seeds", "tasks", "generators", "strategies", "quality", "out",
-             "ceiling", "resources"}
+             "ceiling", "resources", "semi"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(unknown)}")
@@ -539,7 +579,18 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
         raise ConfigError(f"{where}: strategies: expected a list of {{name: ...}} entries")
     strategies = []
     for i, spec in enumerate(strategies_raw):
+        if isinstance(spec, dict) and "semi-supervised" in spec:  # the YAML spelling
+            spec = {("semi_supervised" if k == "semi-supervised" else k): v for k, v in spec.items()}
         s = build_dataclass(Strategy, spec, f"{where}: strategies[{i}]", sep=".")
+        if s.semi_supervised is not None:
+            from downstream.models.semi import METHODS
+
+            if s.semi_supervised not in METHODS:
+                raise ConfigError(f"{where}: strategy {s.name!r}: semi-supervised must be one of "
+                                  f"{', '.join(METHODS)}, got {s.semi_supervised!r}")
+            if "segment" not in tasks:
+                raise ConfigError(f"{where}: strategy {s.name!r} is semi-supervised, which trains the segmenter; "
+                                  "add a tasks.segment section")
         for g in s.generators:
             if g not in generators:
                 raise ConfigError(f"{where}: strategy {s.name!r} uses generator {g!r} with no 'generators.{g}' section")
@@ -574,6 +625,9 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
     if fid is not None and not Path(fid).is_file():
         raise ConfigError(f"{where}: quality.fid_weights {fid!r}: no such file (pytorch-fid's Inception weights)")
     resources = _resources(raw.get("resources"), f"{where}: resources")
+    semi = build_dataclass(SemiSpec, _mapping(raw.get("semi"), f"{where}: semi"), f"{where}: semi", sep=".")
+    if data.unlabelled is not None and not Path(data.unlabelled).is_dir():
+        raise ConfigError(f"{where}: data.unlabelled {data.unlabelled!r}: no such folder")
     for key in ("name", "out"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
             raise ConfigError(f"{where}: {key}: expected a string, got {raw[key]!r}")
@@ -588,6 +642,7 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
         strategies=tuple(strategies),
         quality=quality,
         resources=resources,
+        semi=semi,
         out=str(raw.get("out") or f"out/{raw.get('name', 'compare')}"),
         ceiling=_ceiling(raw.get("ceiling", True), strategies, f"{where}: ceiling"),
         source=where,

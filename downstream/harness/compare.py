@@ -21,6 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from augment.anatomy import check_anatomy
@@ -152,6 +153,39 @@ class Splits:
         self.test_patients = {s.patient_id for s in self.test_samples}
         if not self.test_samples:
             raise DataError("the test split is empty: use more patients or a larger test fraction")
+        self.extra_unlabelled: SliceDataset | None = None
+        if exp.data.unlabelled:
+            self.extra_unlabelled = SliceDataset(exp.data.unlabelled)
+            self._check_unlabelled(self.extra_unlabelled, tests)
+
+    def _check_unlabelled(self, extra: SliceDataset, tests: Sequence[SliceDataset]) -> None:
+        """The extra unlabelled folder must hold no test scan: by patient id, and by content
+        (a byte-identical image, whatever its id)."""
+        if not len(extra):
+            raise DataError(f"{extra.folder}: data.unlabelled holds no slices")
+        self.assert_unseen(f"data.unlabelled {extra.folder} (if it is another cohort whose ids collide, "
+                           "prefix them at import)", extra)
+        test_hashes = {r.get("sha256", {}).get("image") for t in tests for r in t.records} - {None}
+        if self.external is not None:
+            test_hashes |= {r.get("sha256", {}).get("image") for r in self.external.records} - {None}
+        copies = [r["id"] for r in extra.records if r.get("sha256", {}).get("image") in test_hashes]
+        if copies:
+            raise LeakageError(f"{extra.folder}: {len(copies)} unlabelled slices are identical to test slices "
+                               f"(e.g. {copies[0]})")
+
+    def unlabelled(self, labelled: SliceDataset) -> list[SliceDataset]:
+        """A semi-supervised run's unlabelled pool: the training patients outside
+        ``labelled`` (their masks are never read) plus ``data.unlabelled``. Never a test or
+        validation patient (asserted)."""
+        have = set(labelled.patient_ids)
+        rest = [i for i, p in enumerate(self.train.patient_ids) if p not in have]
+        pool = ([self.train.subset(rest)] if rest else []) + ([self.extra_unlabelled] if self.extra_unlabelled else [])
+        val = set(self.val.patient_ids)
+        for ds in pool:
+            self.assert_unseen("the unlabelled pool", ds)
+            if ds is not self.extra_unlabelled and val & set(ds.patient_ids):
+                raise LeakageError(f"the unlabelled pool contains validation patients {sorted(val & set(ds.patient_ids))[:5]}")
+        return pool
 
     @staticmethod
     def _parts(exp: Experiment, source: SliceDataset) -> dict[str, list[int]]:
@@ -339,6 +373,16 @@ def _check_sizes(exp: Experiment, splits: Splits) -> None:
         if depth and side % 2**depth:
             raise ConfigError(f"tasks.{task}: {side} px slices are not a multiple of 2^depth = {2**depth}; "
                               "import at another --size or lower depth")
+    seg, extra = exp.tasks.get("segment"), splits.extra_unlabelled
+    if extra is not None and seg is not None and any(s.semi_supervised for s in exp.strategies):
+        shapes = {np.load(extra.folder / r["image"], mmap_mode="r").shape for r in extra.records}  # header only
+        small = [sh for sh in shapes if min(sh) < (seg.patch or 0)]
+        if small:
+            raise ConfigError(f"{extra.folder}: data.unlabelled has {small[0][0]}x{small[0][1]} px slices, smaller "
+                              f"than tasks.segment.patch {seg.patch}")
+        if seg.patch is None and shapes != {tuple(splits.test_samples[0].image.shape)}:
+            raise ConfigError(f"{extra.folder}: data.unlabelled slices are {sorted(shapes)[0]} px, the data's are "
+                              f"{splits.test_samples[0].image.shape}: set tasks.segment.patch, or import at one size")
 
 
 def _baselines(exp: Experiment):
@@ -360,9 +404,14 @@ def strategy_runs(
     rows = []
     seg_state: tuple[Any, dict] | None = None
     seg_key = None
-    base = {"v": HARNESS_VERSION, "strategy": asdict(strategy), "seed": seed, "budget": budget,
+    unlabelled = splits.unlabelled(labelled) if strategy.semi_supervised else []
+    # A strategy without semi-supervision keeps the key it had before the option existed.
+    semi_key = ({"semi": asdict(exp.semi), "unlabelled": [_fingerprint(d) for d in unlabelled]}
+                if strategy.semi_supervised else {})
+    strategy_key = {k: v for k, v in asdict(strategy).items() if k != "semi_supervised" or v is not None}
+    base = {"v": HARNESS_VERSION, "strategy": strategy_key, "seed": seed, "budget": budget,
             "labelled": _fingerprint(labelled), "synthetic": [_fingerprint(d) for d in synthetic],
-            "val": _fingerprint(splits.val), "test": config_hash([x.id for x in splits.test_samples])}
+            "val": _fingerprint(splits.val), "test": config_hash([x.id for x in splits.test_samples]), **semi_key}
     keep_segmenter = any(spec.uses_segmenter for spec in exp.tasks.values())
     for task in sorted(exp.tasks, key=lambda t: t != "segment"):
         spec = exp.tasks[task]
@@ -382,7 +431,8 @@ def strategy_runs(
                 raise DataError("detect init: segmenter, but the segmenter of this run is missing")
             row, state = run_task(task, spec, strategy, labelled, synthetic, splits.test_samples,
                                   val_samples=splits.val.samples(), seed=seed, device=device, classes=classes,
-                                  segmenter=seg_state if needs_seg else None)
+                                  segmenter=seg_state if needs_seg else None, unlabelled=unlabelled,
+                                  semi=exp.semi)
             row.update(task=task, strategy=strategy.name, budget=budget, seed=seed, key=key,
                        n_labelled_slices=len(labelled), n_labelled_patients=budget)
             if keep_weights:

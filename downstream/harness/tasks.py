@@ -20,8 +20,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, SequentialSampl
 
 from augment.datasets import Collate, MixedDataset, SliceDataset
 from augment.sample import Sample
-from downstream.config import DetectSpec, RecipeSpec, SegmentSpec, Strategy
-from downstream.harness.recipe import PatchDataset, Validator
+from downstream.config import DetectSpec, RecipeSpec, SegmentSpec, SemiSpec, Strategy
+from downstream.harness.recipe import PatchDataset, Validator, crop_sample, patch_origin
 
 LESION_STREAM = 7919  # seed offset of the lesion-slice draws (independent of the any-slice draws)
 
@@ -66,6 +66,34 @@ def training_loader(
                       collate_fn=Collate(spec.window), num_workers=0)
 
 
+class UnlabelledPatches(Dataset):
+    """``n`` random patches (``patch`` None: whole slices) of the unlabelled pool, images only.
+
+    Item i draws its slice (uniformly over the pool) and its crop from
+    ``default_rng([seed, 2, i])``, a stream apart from the labelled items' ``[seed, 1, i]``.
+    The slices' masks are replaced by zeros before anything sees them: these are the
+    scans whose labels the budget hides.
+    """
+
+    def __init__(self, pool: Sequence[Dataset], n: int, *, patch: int | None, seed: int) -> None:
+        self.pool, self.n, self.patch, self.seed = ConcatDataset(list(pool)), n, patch, seed
+        if not len(self.pool):
+            raise ValueError("the unlabelled pool is empty")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Sample:
+        rng = np.random.default_rng([self.seed, 2, i])
+        s = self.pool[int(rng.integers(len(self.pool)))]
+        s = Sample(image=s.image, mask=np.zeros(s.image.shape, np.uint8), boxes=np.zeros((0, 4), np.float32),
+                   labels=np.zeros(0, np.int64), meta={"id": s.meta.get("id"), "unlabelled": True})
+        if self.patch is None:
+            return s
+        top, left = patch_origin(s.mask, self.patch, rng, foreground=False)
+        return crop_sample(s, top, left, self.patch)
+
+
 def test_loader(samples: Sequence[Sample], window: str, batch_size: int = 16) -> DataLoader:
     return DataLoader(list(samples), batch_size=batch_size, shuffle=False, collate_fn=Collate(window))
 
@@ -104,9 +132,14 @@ class Task(ABC):
     def evaluate(self, model: torch.nn.Module, samples: Sequence[Sample], dev: torch.device) -> dict[str, Any]:
         """Metrics of ``model`` on whole ``samples`` (validation or test); holds `metric`."""
 
-    def describe(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        """What the test metrics should also record about the trained model."""
+    def describe(self, metrics: dict[str, Any], model: torch.nn.Module, samples: Sequence[Sample],
+                 dev: torch.device) -> dict[str, Any]:
+        """What the test metrics (of ``model`` on the test ``samples``) should also record."""
         return metrics
+
+    def weights(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The state dict a later task may start from (a detector from the segmenter)."""
+        return model.state_dict()
 
 
 class SegmentTask(Task):
@@ -173,10 +206,72 @@ class DetectTask(Task):
         return evaluate_detection(predict(model, test_loader(samples, self.spec.window), dev), samples,
                                   theta=self.spec.theta)
 
-    def describe(self, metrics):
+    def describe(self, metrics, model, samples, dev):
         metrics["anchors"] = {"sizes": list(self.cfg.anchor_sizes), "aspect_ratios": list(self.cfg.aspect_ratios)}
         metrics["backbone"] = _backbone_desc(self.spec)
         return metrics
+
+
+class SemiSegmentTask(SegmentTask):
+    """Segmentation that also learns from unlabelled scans (`downstream.models.semi`):
+    two U-Nets (transposed-convolution and bilinear decoders) trained with SPMC or CPS.
+
+    Each step takes the labelled batch the supervised recipe would (the same draws as
+    ``none``) plus ``unlabelled_batch_size`` random patches of the unlabelled pool. It
+    predicts with the network(s) ``semi.inference`` names; the test row also records the
+    Dice of network a, network b and their mean. A detector that starts from this run's
+    segmenter starts from network a (the plain U-Net, transposed convolutions).
+    """
+
+    def __init__(self, spec: SegmentSpec, *, method: str, semi: SemiSpec, unlabelled: Sequence[Dataset],
+                 **kw: Any) -> None:
+        super().__init__(spec, **kw)
+        self.method, self.semi = method, semi
+        self.n_unlabelled = sum(len(d) for d in unlabelled)
+        self.unlabelled_loader = None
+        if self.n_unlabelled:
+            ub = semi.unlabelled_batch_size or spec.batch_size
+            items = UnlabelledPatches(unlabelled, spec.steps * ub, patch=spec.patch, seed=self.seed)
+            self.unlabelled_loader = DataLoader(items, batch_size=ub, sampler=SequentialSampler(items),
+                                                collate_fn=Collate(spec.window), num_workers=0)
+
+    def build(self, dev):
+        from downstream.models.semi import DualUNet
+
+        spec = self.spec
+        return DualUNet(max(self.classes) + 1, base=spec.base, depth=spec.depth,
+                        attention=spec.arch == "attention-unet", inference=self.semi.inference).to(dev)
+
+    def batches(self, loader):
+        unl = iter(self.unlabelled_loader) if self.unlabelled_loader is not None else None
+        for step, batch in enumerate(loader):
+            batch["unlabelled"] = next(unl)["image"] if unl is not None else None
+            batch["step"] = step
+            yield batch
+
+    def loss(self, model, batch, dev):
+        from downstream.models.semi import semi_loss
+
+        s = self.semi
+        xu = batch["unlabelled"]
+        return semi_loss(model, batch["image"].to(dev), batch["mask"].to(dev),
+                         xu.to(dev) if xu is not None else None, method=self.method, step=batch["step"],
+                         total=self.spec.steps, tau=s.tau, beta=s.beta, temperature=s.temperature,
+                         lambda_max=s.lambda_max, ramp=s.ramp, cdps_weight=s.cdps_weight)
+
+    def describe(self, metrics, model, samples, dev):
+        chosen = model.inference
+        by_network = {}
+        for mode in ("a", "b", "mean"):
+            model.inference = mode
+            by_network[mode] = metrics["dice"] if mode == chosen else self.evaluate(model, samples, dev)["dice"]
+        model.inference = chosen
+        metrics["semi"] = {"method": self.method, "inference": chosen, "n_unlabelled_slices": self.n_unlabelled,
+                           "dice_by_network": by_network}
+        return metrics
+
+    def weights(self, model):
+        return model.a.state_dict()
 
 
 TASKS: dict[str, type[Task]] = {"segment": SegmentTask, "detect": DetectTask}
@@ -195,10 +290,13 @@ def run_task(
     classes: dict[int, str],
     val_samples: Sequence[Sample] = (),
     segmenter: tuple[SegmentSpec, dict[str, torch.Tensor]] | None = None,
+    unlabelled: Sequence[Dataset] = (),
+    semi: SemiSpec | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Train task ``task`` (`TASKS`) from scratch (or, for a unet-backbone detector, from
-    ``segmenter``'s weights) with ``seed``; returns the result row and the trained model's
-    state dict."""
+    ``segmenter``'s weights) with ``seed``; returns the result row and the state dict a later
+    task may start from. A semi-supervised strategy's segmenter (`SemiSegmentTask`) also
+    learns from the ``unlabelled`` slices, with the options ``semi``."""
     from downstream.models.segment import fit, make_optimizer
     from gan.base import resolve_device
 
@@ -206,8 +304,13 @@ def run_task(
     torch.manual_seed(seed)  # network initialisation; data draws use their own generators
     loader = training_loader(strategy, labelled, synthetic, spec=spec, seed=seed)
     t0 = time.perf_counter()
-    job = TASKS[task](spec, labelled=labelled, size=int(test_samples[0].image.shape[0]), classes=classes,
-                      seed=seed, segmenter=segmenter)
+    common = dict(labelled=labelled, size=int(test_samples[0].image.shape[0]), classes=classes, seed=seed,
+                  segmenter=segmenter)
+    if task == "segment" and strategy.semi_supervised:
+        job: Task = SemiSegmentTask(spec, method=strategy.semi_supervised, semi=semi or SemiSpec(),
+                                    unlabelled=unlabelled, **common)
+    else:
+        job = TASKS[task](spec, **common)
     model = job.build(dev)
     opt = make_optimizer(model.parameters(), spec.optimizer, spec.lr)
     val = list(val_samples)
@@ -220,7 +323,7 @@ def run_task(
               loss_fn=lambda m, b: job.loss(m, b, dev),
               validator=Validator(score if val else None, spec.val_every))
     train_s = time.perf_counter() - t_fit
-    metrics = job.describe(job.evaluate(model, test_samples, dev))
+    metrics = job.describe(job.evaluate(model, test_samples, dev), model, test_samples, dev)
     row = {
         "metrics": metrics,
         "final_loss": out.get("loss"),
@@ -233,7 +336,7 @@ def run_task(
         "undertrained": bool(out.get("undertrained", False)),
         "val_metric": job.metric,
     }
-    return row, {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return row, {k: v.detach().cpu() for k, v in job.weights(model).items()}
 
 
 def detector_config(spec: DetectSpec, labelled: SliceDataset, size: int, classes: dict[int, str], seed: int,

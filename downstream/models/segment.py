@@ -28,6 +28,12 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+def _up(cin: int, cout: int, kind: str) -> nn.Module:
+    if kind == "transpose":
+        return nn.ConvTranspose2d(cin, cout, 2, stride=2)
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(cin, cout, 1))
+
+
 class AttentionGate(nn.Module):
     """Additive attention gate (Oktay et al. 2018, Fig. 2): the decoder's gating signal
     ``g`` weighs the encoder skip ``x`` per pixel before concatenation."""
@@ -53,6 +59,11 @@ class UNet(nn.Module):
         base: channels of the first level (doubled per level; the paper uses 64).
         depth: number of down-sampling steps (the paper uses 4).
         attention: attention gates on the skip connections.
+        upsample: how the decoder doubles resolution: ``transpose`` (a learned 2x2
+            transposed convolution, the paper's) or ``bilinear`` (bilinear interpolation,
+            then a 1x1 convolution that halves the channels). Two networks that differ
+            only here make different mistakes, which semi-supervised training
+            (`downstream.models.semi`) uses.
         foreground_prior: initial probability of "lesion" per pixel, spread evenly over the
             foreground classes (None: PyTorch's default head initialisation). Lesions cover
             ~1% of a slice; a head that starts at uniform class probabilities spends
@@ -65,14 +76,16 @@ class UNet(nn.Module):
 
     def __init__(
         self, in_channels: int = 1, n_classes: int = 2, base: int = 64, depth: int = 4, attention: bool = False,
-        foreground_prior: float | None = 0.01,
+        foreground_prior: float | None = 0.01, upsample: str = "transpose",
     ) -> None:
         super().__init__()
+        if upsample not in ("transpose", "bilinear"):
+            raise ValueError(f"upsample must be 'transpose' or 'bilinear', got {upsample!r}")
         chans = [base * 2**i for i in range(depth + 1)]
         self.depth = depth
         self.encoders = nn.ModuleList([_conv_block(in_channels, chans[0])])
         self.encoders.extend(_conv_block(chans[i], chans[i + 1]) for i in range(depth))
-        self.ups = nn.ModuleList(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(depth)))
+        self.ups = nn.ModuleList(_up(chans[i + 1], chans[i], upsample) for i in reversed(range(depth)))
         self.decoders = nn.ModuleList(_conv_block(2 * chans[i], chans[i]) for i in reversed(range(depth)))
         self.gates = (
             nn.ModuleList(AttentionGate(chans[i], chans[i], max(chans[i] // 2, 1)) for i in reversed(range(depth)))
