@@ -127,6 +127,7 @@ def write_report(
                                     "table below (the other units finished; a rerun of the same command retries "
                                     "only these): " + "; ".join(f"{e['unit']}: {e['error']}" for e in unit_errors)
                                     + "."))
+    blocks += _semi_section(rows)
     blocks += _generator_section(gen_quality, out)
     blocks += _timing_section(rows, gen_quality)
     md = _render_md(blocks)
@@ -429,6 +430,28 @@ def _generator_section(gen_quality: list[dict[str, Any]], out: Path) -> list[Blo
                 blocks.append(Block("img", text=os.path.relpath(Path(p).resolve(), out.resolve()),
                                     header=[f"{g}: {title} (budget {qs[0]['budget']}, seed {qs[0]['seed']})"]))
     return blocks
+
+
+def _semi_section(rows: list[dict[str, Any]]) -> list[Block]:
+    """Semi-supervised strategies: their unlabelled pool and the test Dice of each of their
+    two networks and of the mean of both (what ``semi.inference`` chooses between)."""
+    by = defaultdict(list)
+    for r in rows:
+        semi = r["task"] == "segment" and (r.get("metrics") or {}).get("semi")
+        if semi:
+            by[(r["strategy"], r["budget"], semi["method"], semi["inference"])].append(semi)
+    if not by:
+        return []
+    table = [[s, str(b), m, str(int(np.mean([x["n_unlabelled_slices"] for x in v]))),
+              *(_pm([x["dice_by_network"][k] for x in v]) for k in ("a", "b", "mean")), inf]
+             for (s, b, m, inf), v in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
+    return [Block("h2", "Semi-supervised training"),
+            Block("p", "Two U-Nets trained together, network a with transposed-convolution and network b with "
+                  "bilinear upsampling, on the labelled patients and on the training patients outside the budget "
+                  "(their masks unused). Test Dice of each network and of the average of their probabilities; "
+                  "the strategy's rows use the one in the last column (`semi.inference`)."),
+            Block("table", header=["strategy", "budget", "method", "unlabelled slices", "Dice a (transposed)",
+                                   "Dice b (bilinear)", "Dice mean", "used"], rows=table)]
 
 
 def _timing_section(rows, gen_quality) -> list[Block]:
