@@ -77,6 +77,10 @@ class RecipeSpec:
     fg_fraction: float = 0.33  # patches centred on a lesion (nnU-Net: one third)
     val_every: int = 50  # steps between validation scores (best checkpoint kept)
     window: str = "head-model"
+    # Training precision (`gan.train.precision`): fp32 (as the shipped studies were measured),
+    # bf16, fp16 (with a gradient scaler), or auto (bf16 where the CPU/GPU has it natively).
+    # Validation and test predictions run in fp32 whatever this says.
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -320,6 +324,8 @@ def _check_recipe(spec: RecipeSpec, where: str) -> None:
     need(isinstance(spec.fg_fraction, (int, float)) and 0 <= spec.fg_fraction <= 1,
          f"fg_fraction must be in [0, 1], got {spec.fg_fraction!r}")
     need(is_int(spec.val_every) and spec.val_every >= 1, f"val_every must be an integer >= 1, got {spec.val_every!r}")
+    need(spec.precision in ("auto", "fp32", "bf16", "fp16"),
+         f"precision must be auto, fp32, bf16 or fp16, got {spec.precision!r}")
     need(isinstance(spec.window, str), f"window must be a window name, got {spec.window!r}")
     from augment.window import WINDOWS
 

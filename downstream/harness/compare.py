@@ -418,7 +418,7 @@ def strategy_runs(
         needs_seg = spec.uses_segmenter
         if on_task is not None:
             on_task(task)
-        key = config_hash({**base, "task": task, "spec": asdict(spec), "init": seg_key if needs_seg else None})
+        key = config_hash({**base, "task": task, "spec": _spec_key(spec), "init": seg_key if needs_seg else None})
         cache = out / "cache" / f"{task}_{strategy.name}_{key}.json"
         weights = cache.with_suffix(".pt")
         keep_weights = task == "segment" and keep_segmenter
@@ -443,6 +443,15 @@ def strategy_runs(
             seg_state, seg_key = (spec, state), key
         rows.append(row)
     return rows
+
+
+def _spec_key(spec) -> dict[str, Any]:
+    """A task spec as its runs' cache key holds it: fp32 runs keep the keys they had before
+    precision was an option."""
+    d = asdict(spec)
+    if d.get("precision") == "fp32":
+        del d["precision"]
+    return d
 
 
 def _save_state_atomic(path: Path, state: dict[str, Any]) -> None:

@@ -299,6 +299,7 @@ def run_task(
     learns from the ``unlabelled`` slices, with the options ``semi``."""
     from downstream.models.segment import fit, make_optimizer
     from gan.base import resolve_device
+    from gan.train.precision import resolve_precision
 
     dev = resolve_device(device)
     torch.manual_seed(seed)  # network initialisation; data draws use their own generators
@@ -318,10 +319,11 @@ def run_task(
     def score(m) -> float:
         return job.evaluate(m, val, dev)[job.metric]
 
+    precision = resolve_precision(spec.precision, dev)
     t_fit = time.perf_counter()
     out = fit(model, opt, job.batches(loader), dev, steps=spec.steps, schedule=spec.schedule,
               loss_fn=lambda m, b: job.loss(m, b, dev),
-              validator=Validator(score if val else None, spec.val_every))
+              validator=Validator(score if val else None, spec.val_every), precision=precision)
     train_s = time.perf_counter() - t_fit
     metrics = job.describe(job.evaluate(model, test_samples, dev), model, test_samples, dev)
     row = {
@@ -335,6 +337,7 @@ def run_task(
         "val_best_step": out.get("val_best_step", -1),
         "undertrained": bool(out.get("undertrained", False)),
         "val_metric": job.metric,
+        "precision": precision.record(),
     }
     return row, {k: v.detach().cpu() for k, v in job.weights(model).items()}
 

@@ -6,6 +6,7 @@ functions over a model, an optimizer and a loader, returning numbers.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -200,10 +201,13 @@ def fit(
     loss_fn,
     schedule: str = "poly",
     validator=None,
+    precision=None,
 ) -> dict[str, Any]:
     """Train for ``steps`` batches of ``loader`` with the recipe of `downstream.harness.recipe`:
     the learning rate follows ``schedule`` (``poly`` or ``constant``), the validator (if
     any) scores the model every few steps and the best state is restored at the end.
+    ``precision`` (a `gan.train.precision.Precision`; None: fp32): the forward pass and the
+    loss run under its autocast, fp16 with a gradient scaler.
 
     ``loss_fn(model, batch) -> (loss, parts)``. Returns mean losses over the run plus the
     validator's summary (curve, best value/step, ``undertrained``).
@@ -211,6 +215,8 @@ def fit(
     from downstream.harness.recipe import poly_lr
 
     base_lrs = [g["lr"] for g in optimizer.param_groups]
+    autocast = precision.autocast(device) if precision is not None else contextlib.nullcontext()
+    scaler = precision.scaler(device) if precision is not None else None
     totals: dict[str, Tensor] = {}
     n = 0
     model.train()
@@ -220,12 +226,18 @@ def fit(
         if schedule == "poly":
             for g, lr in zip(optimizer.param_groups, base_lrs, strict=True):
                 g["lr"] = poly_lr(lr, step, steps)
-        loss, parts = loss_fn(model, batch)
+        with autocast:
+            loss, parts = loss_fn(model, batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"training loss became {float(loss)} at step {step}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:  # fp16: scaled backward; a step with inf/NaN gradients is skipped
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         parts["loss"] = loss.detach()
         for k, v in parts.items():
             totals[k] = totals.get(k, 0) + v.detach()
