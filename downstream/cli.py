@@ -54,6 +54,7 @@ def cmd_data_import(a: argparse.Namespace) -> None:
         # A bar only on a terminal: in a log it is noise around the one-line messages.
         progress=sys.stderr.isatty(),
         strict=a.strict,
+        unlabelled=a.unlabelled,
     )
     from augment.io.info import dataset_info, format_info
 
@@ -428,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--strict", action="store_true",
                     help="fail instead of warning on HU outside [-2000, 4000], constant slices, a "
                     "--lesion-labels value found in no mask, DICOM without rescale tags")
+    im.add_argument("--unlabelled", action="store_true",
+                    help="scans without masks, for an experiment's data.unlabelled (semi-supervised "
+                    "strategies): every volume/series/slice file is an image")
     im.set_defaults(func=cmd_data_import)
 
     info = data.add_parser("info", parents=[common], help="counts, patients, lesion sizes, HU per class")

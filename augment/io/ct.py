@@ -197,12 +197,13 @@ def _slice_name(rel: Path) -> tuple[str, int | None]:
     return (m.group(1), int(m.group(2))) if m else (rel.stem, None)
 
 
-def _slice_cases(src: Path, mask_dir: Path | None, fmt: str) -> tuple[str, list[Case]]:
-    """One case per slice file under ``images/`` (or ``src``), masks matched by name."""
+def _slice_cases(src: Path, mask_dir: Path | None, fmt: str, use_masks: bool = True) -> tuple[str, list[Case]]:
+    """One case per slice file under ``images/`` (or ``src``), masks matched by name
+    (``use_masks`` False: none, even where a ``masks/`` folder exists)."""
     img_dir = next((src / d for d in _IMAGE_DIRS if (src / d).is_dir()), src)
     if mask_dir is not None and not mask_dir.is_dir():
         raise DataError(f"{mask_dir}: mask folder does not exist")
-    mdir = mask_dir or next((src / d for d in _MASK_DIRS if (src / d).is_dir()), None)
+    mdir = mask_dir or next((src / d for d in _MASK_DIRS if (src / d).is_dir() and use_masks), None)
     files = [
         p
         for p in visible_files(img_dir)
@@ -223,6 +224,20 @@ def _slice_cases(src: Path, mask_dir: Path | None, fmt: str) -> tuple[str, list[
         name = f"{patient}_s{k:03d}" if k is not None else patient
         cases.append(Case(safe_id(name), path, mask, safe_id(patient), index=k))
     return ("images+masks" if mdir else "images"), cases
+
+
+def unlabelled_cases(src: Path, fmt: str) -> tuple[str, list[Case]]:
+    """Every scan under ``src`` as a case without a mask (``import --unlabelled``)."""
+    if fmt == "nifti":
+        files = [p for p in visible_files(src, True) if NIFTI_RE.search(p.name)]
+        if not files:
+            raise DataError(f"{src}: no NIfTI files")
+        names = [NIFTI_RE.sub("", p.relative_to(src).as_posix()).replace("/", "_") for p in files]
+        return "unlabelled", [Case(safe_id(n), p, None) for n, p in zip(names, files, strict=True)]
+    if fmt == "dicom":
+        return "unlabelled", dicom_cases(src, None)[1]
+    layout, cases = _slice_cases(src, None, fmt, use_masks=False)
+    return "unlabelled", cases
 
 
 def _read_png(path: Path, what: str) -> np.ndarray:
@@ -387,6 +402,7 @@ def import_dataset(
     overwrite: bool = False,
     progress: bool = False,
     strict: bool = False,
+    unlabelled: bool = False,
 ) -> Path:
     """Import scans into a dataset folder (float32 HU ``.npy``, mask ``.png``, manifest).
 
@@ -419,6 +435,11 @@ def import_dataset(
             ``augment.io.info.HU_PLAUSIBLE`` or all pixels equal (reported once per volume
             or series, naming it), a ``lesion_labels`` value found in no mask, a DICOM
             file without RescaleSlope/RescaleIntercept.
+        unlabelled: scans without masks, for the unlabelled pool of semi-supervised
+            strategies (``data.unlabelled`` of an experiment): every NIfTI volume, DICOM
+            series or slice file under ``src`` is an image, stored with an empty mask, and
+            ``dataset.json`` says ``"unlabelled": true`` so that the harness never reads
+            these empty masks as "no lesion".
 
     Returns:
         ``out``.
@@ -470,8 +491,13 @@ def import_dataset(
             win = get_window(window)
         except (ConfigError, TypeError, ValueError) as e:
             raise ConfigError(f"--window {_window_text(window)}: {e}") from None
+    if unlabelled and (mask_dir is not None or slices != "all" or lesion_labels is not None):
+        raise ConfigError("--unlabelled imports scans without masks: leave out --mask-dir, --slices and "
+                          "--lesion-labels")
     masks = Path(mask_dir) if mask_dir is not None else None
-    if resolved == "nifti":
+    if unlabelled:
+        layout, cases = unlabelled_cases(src, resolved)
+    elif resolved == "nifti":
         layout, cases = nifti_cases(src, masks)
         if layout == "nnunet" and label_map.table is None:
             label_map = _without_ignore(label_map, msd_label_names(src), src)
@@ -494,6 +520,7 @@ def import_dataset(
         "window": win.as_dict() if win else None,
         "mask_dir": str(masks.resolve()) if masks else None,
         "anatomy": anatomy,
+        **({"unlabelled": True} if unlabelled else {}),
     }
     unit = "file" if resolved in ("png", "npy") else "case"
     with (
@@ -552,7 +579,8 @@ def import_dataset(
         # One spacing for the whole dataset only when every slice shares it.
         only = next(iter(spacings)) if len(spacings) == 1 else ()
         writer.spacing = list(only) or None
-        writer.extra = {"source_format": resolved, "layout": layout, "n_cases": len(cases)}
+        writer.extra = {"source_format": resolved, "layout": layout, "n_cases": len(cases),
+                        **({"unlabelled": True} if unlabelled else {})}
     log.info(
         "imported %d slices from %d %s cases into %s", len(writer.records), len(cases), layout, out
     )

@@ -58,6 +58,8 @@ def prepare_data(exp: Experiment, root: Path) -> tuple[SliceDataset, SliceDatase
     if d.folder:
         source = SliceDataset(d.folder)
         target = SliceDataset(d.target_folder) if d.target_folder else None
+        for ds, key in ((source, "folder"), (target, "target_folder")):
+            _check_labelled(ds, f"data.{key}")
         if d.anatomy:
             check_anatomy(d.anatomy, "data.anatomy")
             for ds in (source, target):
@@ -78,6 +80,13 @@ def prepare_data(exp: Experiment, root: Path) -> tuple[SliceDataset, SliceDatase
     source = phantom(d.domain)
     target = phantom(d.target_domain) if d.target_domain else None
     return source, target
+
+
+def _check_labelled(ds: SliceDataset | None, key: str) -> None:
+    """A folder imported with ``--unlabelled`` has empty masks that do not mean "no lesion"."""
+    if ds is not None and ds.info.get("unlabelled"):
+        raise DataError(f"{ds.folder}: imported --unlabelled (no masks), so it cannot be {key}; "
+                        "use it as data.unlabelled")
 
 
 EXTERNAL_PREFIX = "external:"
@@ -149,6 +158,7 @@ class Splits:
         self.external: SliceDataset | None = None
         if exp.data.test_folder:
             self.external = SliceDataset(exp.data.test_folder)
+            _check_labelled(self.external, "data.test_folder")
             self.test_samples += external_test_samples(self.external, source, self.train, self.val)
         self.test_patients = {s.patient_id for s in self.test_samples}
         if not self.test_samples:

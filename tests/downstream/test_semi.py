@@ -355,3 +355,33 @@ def test_the_unlabelled_half_does_not_change_what_the_labelled_half_sees():
     with_u, parts = semi_loss(m, x, y, xu, method="spmc", step=3, total=10, lambda_max=0.0)
     assert float(with_u.detach()) == pytest.approx(float(alone.detach()), rel=1e-6)
     assert float(parts["cps"]) > 0  # the unlabelled terms were computed, with weight 0
+
+
+def test_scans_without_masks_import_as_unlabelled_and_serve_only_as_the_unlabelled_pool(tmp_path):
+    """`data import --unlabelled`: NIfTI volumes with no masks become a dataset marked
+    unlabelled; it is accepted as data.unlabelled and refused as labelled data."""
+    from augment.datasets import SliceDataset
+    from augment.errors import ConfigError, DataError
+    from downstream.cli import main
+    from downstream.config import experiment_from_dict
+    from downstream.harness.compare import prepare_data
+    from tests.augment.ct_builders import phantom_volume, write_nifti
+
+    for i in range(2):
+        hu, _ = phantom_volume((48, 48, 5))
+        write_nifti(tmp_path / "scans" / f"case{i}.nii.gz", hu)
+    assert main(["data", "import", str(tmp_path / "scans"), "--out", str(tmp_path / "unl"), "--unlabelled"]) == 0
+    ds = SliceDataset(tmp_path / "unl")
+    assert ds.info["unlabelled"] is True and len(ds) == 10
+    assert not any(ds[i].mask.any() for i in range(len(ds)))
+    assert main(["data", "import", str(tmp_path / "scans"), "--out", str(tmp_path / "x"), "--unlabelled",
+                 "--slices", "lesion"]) == 2
+    exp = experiment_from_dict({**SEMI, "data": {"folder": str(tmp_path / "unl")}})
+    with pytest.raises(DataError, match="imported --unlabelled .* cannot be data.folder"):
+        prepare_data(exp, tmp_path / "data")
+    ok = experiment_from_dict({**SEMI, "data": {**SEMI["data"], "unlabelled": str(tmp_path / "unl")}})
+    assert ok.data.unlabelled == str(tmp_path / "unl")
+    with pytest.raises(ConfigError):
+        from augment.io.ct import import_dataset
+
+        import_dataset(tmp_path / "scans", tmp_path / "y", unlabelled=True, mask_dir=tmp_path / "scans")
