@@ -241,9 +241,11 @@ def cmd_synthesize(a: argparse.Namespace) -> None:
 
 def cmd_compare(a: argparse.Namespace) -> None:
     from downstream.harness.compare import run_compare
+    from downstream.harness.executors import auto_jobs
 
+    jobs = a.jobs if a.jobs != "auto" else (auto_jobs(a.device) if a.executor == "local" else 1)
     report = run_compare(a.config, out=a.out, seed=a.seed, device=a.device, executor=a.executor,
-                         ray_address=a.ray_address, jobs=a.jobs)
+                         ray_address=a.ray_address, jobs=jobs)
     print(f"report: {report}")
 
 
@@ -312,6 +314,10 @@ def _version() -> str:
 
 
 # -------------------------------------------------------------------------- parser
+
+
+def _jobs(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
 
 
 def _positive_int(text: str) -> int:
@@ -573,13 +579,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="experiment YAML, or the name of a shipped one (`lesionforge configs list`)")
     cp.add_argument("--out", type=Path, help="output folder (default from the config)")
     cp.add_argument("--executor", choices=["local", "ray"], default="local",
-                    help="local: every unit on this machine (default; one after another, or --jobs N at a time); "
+                    help="local: every unit on this machine (default; --jobs at a time); "
                     "ray: every unit a Ray task "
                     "(resources from the config's `resources:`), on a new local Ray instance or --ray-address. "
                     "Needs pip install 'lesionforge[distributed]'")
-    cp.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+    cp.add_argument("--jobs", type=_jobs, default="auto", metavar="N",
                     help="--executor local: N units at a time in worker processes, the CPU cores shared "
-                    "among them (default 1: one after another, torch using every core)")
+                    "among them; auto (default): on the CPU one unit per core with one thread each (as "
+                    "many as memory allows), on a GPU one at a time; 1: one after another, torch using "
+                    "every core")
     cp.add_argument("--ray-address", metavar="ADDR",
                     help="the Ray cluster to run on (e.g. ray://head:10001, or `auto` for the cluster this "
                     "machine belongs to); default RAY_ADDRESS, else a new local instance")
@@ -589,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     dm.add_argument("--jobs", type=_positive_int, metavar="N",
                     help="units at a time in worker processes, the cores shared among them "
-                    "(default: 2 where there are 2 cores or more)")
+                    "(default: one per core, each with one thread, as many as memory allows)")
     dm.set_defaults(func=cmd_demo)
 
     cf = sub.add_parser("configs", help="the shipped experiment configs and pipelines").add_subparsers(

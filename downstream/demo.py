@@ -9,7 +9,6 @@ units at a time in worker processes where there are two cores (`demo_jobs`).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from downstream.config import CONFIG_DIR
@@ -18,13 +17,15 @@ DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
 
 
 def demo_jobs() -> int:
-    """Units the demo runs at a time: two on a machine with two or more cores.
+    """Units the demo runs at a time: `auto_jobs` on the CPU.
 
     Measured on the 2-core development VM (README): two units at a time with one torch
     thread each finish the demo in 9.1 min, one unit at a time with two threads in 14.6 min
     (small convolutions keep one core busy better than they split over two).
     """
-    return min(2, os.cpu_count() or 1)
+    from downstream.harness.executors import auto_jobs
+
+    return auto_jobs("cpu")
 
 
 def run_demo(

@@ -28,6 +28,40 @@ from downstream.harness.units import GENERATOR, Context, Unit, run_unit
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "ray")
+# Resident memory one worker process needs for the shipped configs' units, with margin
+# (measured: 0.9-1.1 GB per unit process on the 128 px studies).
+WORKER_GB = 2.0
+
+
+def auto_jobs(device: str) -> int:
+    """Units at a time for ``--jobs auto``: on the CPU one per core (each with one torch
+    thread), as many as the available memory holds at `WORKER_GB` each; on a GPU one.
+
+    One thread per unit, several units side by side, because the units' convolutions are
+    small: two threads barely beat one (a demo task run: 15 s vs 16 s), and beside a busy
+    process a thread waiting for a taken core stalls every one of them (bench/busy_neighbour.py).
+    The rows do not depend on it beyond the thread count, which is one per unit on any
+    machine with the memory for one unit per core.
+    """
+    from gan.base import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, int(_available_gb() // WORKER_GB)))
+
+
+def _available_gb() -> float:
+    """Memory available to new processes (Linux ``MemAvailable``: free + reclaimable cache);
+    unbounded where the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("inf")
 
 
 def run_units(

@@ -218,3 +218,17 @@ def test_a_killed_worker_is_retried_and_a_rerun_computes_nothing(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     units = json.loads((out / "units.json").read_text())["units"]
     assert not any(u["computed"] for u in units), units  # no unit computed twice
+
+
+def test_auto_jobs_is_one_unit_per_core_within_memory(monkeypatch):
+    from downstream.harness import executors
+
+    monkeypatch.setattr(executors.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(executors, "_available_gb", lambda: 64.0)
+    assert executors.auto_jobs("cpu") == 8
+    monkeypatch.setattr(executors, "_available_gb", lambda: 5.0)  # room for two 2 GB workers
+    assert executors.auto_jobs("cpu") == 2
+    monkeypatch.setattr(executors, "_available_gb", lambda: 0.5)
+    assert executors.auto_jobs("cpu") == 1
+    monkeypatch.setattr("gan.base.resolve_device", lambda spec: __import__("torch").device("cuda"))
+    assert executors.auto_jobs("cuda") == 1  # a GPU runs one unit at a time

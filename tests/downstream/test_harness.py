@@ -151,7 +151,8 @@ def test_cyclegan_without_a_target_domain_is_a_clear_error(tmp_path):
         run_compare(experiment_from_dict(raw), out=tmp_path, progress=False)
 
 
-@pytest.mark.parametrize("name", ["demo", "smoke", "ich_study", "ich_study_gpu", "liver_study", "domain_shift"])
+@pytest.mark.parametrize("name", ["demo", "smoke", "ich_study", "ich_study_gpu", "liver_study", "domain_shift",
+                                  "semi_study"])
 def test_shipped_configs_parse(name):
     from pathlib import Path
 
