@@ -46,6 +46,7 @@ from augment.storage import sha256_bytes, to_jsonable, versions, write_bytes_ato
 from augment.window import DISPLAY_WINDOW, MODEL_WINDOW, WINDOWS, Window
 from gan.registry import REGISTRY
 from gan.train.distributed import WHOLE_BATCH, BatchShard
+from gan.train.ema import complete_ema_state, ema_of
 
 # The generator classes by name, imported from `gan.registry.REGISTRY` on first use (tests
 # may add their own here).
@@ -130,6 +131,23 @@ class GanModule(nn.Module, ABC):
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         # Filled by the trainer / load(): where the training data lives and its fingerprint.
         self.data_info: dict[str, Any] = {}
+
+    def generator_net(self, name: str) -> nn.Module:
+        """The network synthesis runs for the generator attribute ``name``: its moving
+        average when the model keeps one (``ema`` > 0, `gan.train.ema`), else the network."""
+        ema = ema_of(self)
+        return ema.nets[name] if ema is not None and name in ema.nets else getattr(self, name)
+
+    def quality_probe(
+        self, data: Sequence[Sample], data_b: Sequence[Sample] | None, *, seed: int
+    ) -> dict[str, float]:
+        """A few cheap numbers that say whether training is getting anywhere (lesion HU of
+        generated vs real, ...), logged with every progress grid (`gan.train.probes`).
+
+        Drawn from ``seed`` alone, without touching the training RNG or any state. The
+        default has none to offer: ``{}``.
+        """
+        return {}
 
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()``, scaled first under fp16 (`scaler`)."""
@@ -366,10 +384,11 @@ class GanModule(nn.Module, ABC):
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
         module = model_cls(cfg)
+        state = complete_ema_state(module, ckpt["state_dict"], path)
         try:
             if "export" in ckpt:
                 # A generator-only export: everything but what training alone needs.
-                missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+                missing, unexpected = module.load_state_dict(state, strict=False)
                 needed = sorted(set(missing) - module.training_only_keys())
                 if needed or unexpected:
                     raise ValueError(
@@ -377,7 +396,7 @@ class GanModule(nn.Module, ABC):
                         f"unexpected {', '.join(unexpected[:3]) or 'nothing'}"
                     )
             else:
-                module.load_state_dict(ckpt["state_dict"])
+                module.load_state_dict(state)
             for k, opt in module.optimizers.items():
                 if k in ckpt.get("optimizers", {}):
                     opt.load_state_dict(ckpt["optimizers"][k])

@@ -34,7 +34,9 @@ from augment.window import WINDOWS, Window
 from gan.base import GanModule, LinearDecayLR
 from gan.networks.patchgan import NLayerDiscriminator, check_depth
 from gan.networks.resnet import N_DOWNSAMPLING, ResnetGenerator, init_normal_
+from gan.train.diffaugment import diff_augment, parse_policy
 from gan.train.distributed import WHOLE_BATCH, BatchShard
+from gan.train.ema import attach_ema, check_decay
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,16 @@ class CycleGANConfig:
             the rate constant. The paper trains 100 epochs constant + 100 decaying, i.e.
             ``n_steps_constant = n_steps_decay = steps / 2``.
         init_std: std of the N(0, std) weight initialisation.
+        diffaugment: DiffAugment policy for what both discriminators see, real slices and
+            (pooled) translations alike (`gan.train.diffaugment`; ``""`` = off, the paper).
+            Default off: on the 64 px head phantom (60 slices a domain, 53 lesions, the
+            ``cpu`` preset's networks, 1000 steps, seed 0) ``gan evaluate`` read contrast
+            retained 1.32 and a mean |HU change| in the lesions of 12.7 HU without it, and
+            1.87 and 20.4 HU with ``"translation,cutout"`` and ``ema = 0.999``: the lesions
+            moved further from their input HU.
+        ema: decay per step of the moving average of both generators, which ``translate``
+            and synthesis use (`gan.train.ema`; 0 = the raw generators, the paper; default
+            0, measured with ``diffaugment`` above).
     """
 
     ngf: int = 64
@@ -83,8 +95,12 @@ class CycleGANConfig:
     n_steps_constant: int = 0
     n_steps_decay: int = 0
     init_std: float = 0.02
+    diffaugment: str = ""
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
+        parse_policy(self.diffaugment, owner="cyclegan: diffaugment")
+        check_decay(self.ema, "cyclegan")
         if self.direction not in DIRECTIONS:
             raise ConfigError(
                 f"cyclegan: direction must be one of {DIRECTIONS}, got {self.direction!r}"
@@ -190,6 +206,8 @@ class CycleGAN(LinearDecayLR, GanModule):
         self.d_b = NLayerDiscriminator(1, ndf=cfg.ndf, n_layers=cfg.n_layers_d, norm="instance")
         for net in (self.g_ab, self.g_ba, self.d_a, self.d_b):
             init_normal_(net, cfg.init_std)
+        attach_ema(self, ("g_ab", "g_ba"), cfg.ema)
+        self.policy = parse_policy(cfg.diffaugment)
         self.pool_a = ImagePool(cfg.pool_size)  # past fake A images, shown to d_a
         self.pool_b = ImagePool(cfg.pool_size)
         betas = (cfg.beta1, 0.999)
@@ -301,9 +319,13 @@ class CycleGAN(LinearDecayLR, GanModule):
         return {"A": self._a[ia], "B": self._b[ib]}
 
 
+    def _judge(self, d: nn.Module, x: Tensor) -> Tensor:
+        """``d``'s verdict on ``x``, DiffAugment-ed first when ``diffaugment`` is on."""
+        return d(diff_augment(x, self.policy, intensity_channels=(0,), shard=self.shard))
+
     def _d_loss(self, d: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
         # Halved so D learns more slowly than G (paper, section 7.1).
-        return 0.5 * (_lsgan(d(real), True) + _lsgan(d(fake.detach()), False))
+        return 0.5 * (_lsgan(self._judge(d, real), True) + _lsgan(self._judge(d, fake.detach()), False))
 
     def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor | float]:
         """G step with both discriminators frozen, then D step on pooled fakes
@@ -319,8 +341,8 @@ class CycleGAN(LinearDecayLR, GanModule):
 
         _set_requires_grad((self.d_a, self.d_b), False)
         opt_g.zero_grad(set_to_none=True)
-        adv_ab = _lsgan(self.d_b(fake_b), True)
-        adv_ba = _lsgan(self.d_a(fake_a), True)
+        adv_ab = _lsgan(self._judge(self.d_b, fake_b), True)
+        adv_ba = _lsgan(self._judge(self.d_a, fake_a), True)
         cycle_a = F.l1_loss(rec_a, real_a) * cfg.lambda_cycle
         cycle_b = F.l1_loss(rec_b, real_b) * cfg.lambda_cycle
         if cfg.lambda_identity > 0:
@@ -388,7 +410,7 @@ class CycleGAN(LinearDecayLR, GanModule):
         direction = direction or self.cfg.direction
         if direction not in DIRECTIONS:
             raise ConfigError(f"cyclegan: direction must be one of {DIRECTIONS}, got {direction!r}")
-        net = self.g_ab if direction == "AB" else self.g_ba
+        net = self.generator_net("g_ab" if direction == "AB" else "g_ba")
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, s in enumerate(samples):
             by_shape.setdefault(s.image.shape, []).append(i)
@@ -429,6 +451,15 @@ class CycleGAN(LinearDecayLR, GanModule):
                 )
             )
         return result
+
+    def quality_probe(
+        self, data: Sequence[Sample], data_b: Sequence[Sample] | None, *, seed: int
+    ) -> dict[str, float]:
+        """Lesion preservation of a few translated training lesion slices
+        (``contrast_retained``...; `gan.train.probes.translation_probe`; no random draw)."""
+        from gan.train.probes import translation_probe
+
+        return translation_probe(self, data, data_b)
 
     def synthesize(
         self, n: int, *, rng: np.random.Generator, hosts: Sequence[Sample]

@@ -37,6 +37,8 @@ from augment.window import WINDOWS, Window
 from gan.base import GanModule
 from gan.models.paste import clean_mask, feather_alpha, feather_reach, find_placement, paste
 from gan.networks.dcgan import DCGANDiscriminator, DCGANGenerator, n_resolution_steps
+from gan.train.diffaugment import diff_augment, parse_policy
+from gan.train.ema import attach_ema, check_decay
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,22 @@ class DCGANConfig:
         min_lesion_px: smaller lesion components are left out of training, and
             smaller generated lesions are redrawn.
         max_redraws: draws per synthetic sample before giving up.
+        diffaugment: DiffAugment policy for what D sees, real and generated ROIs alike
+            (`gan.train.diffaugment`: a comma-separated subset of ``color``,
+            ``translation``, ``cutout``; ``""`` = off). Translation and cutout move image
+            and mask channel together; ``color`` changes the image's HU only. Default off,
+            as measured on the 64 px head phantom (60 slices, 53 lesions; ``cpu`` preset
+            networks, ``ema = 0.999``, seed 0): with ``"translation"`` 81 % of draws gave a
+            pasteable lesion after 1500 steps (16 % of generated masks under
+            ``min_lesion_px``), with ``"translation,cutout"`` 88-100 % after 1200 (two
+            seeds), without it 98 % after 1500 (README, "Training on tens of lesions").
+        ema: decay per step of the generator's moving average that synthesis uses
+            (`gan.train.ema`; 0 = the raw generator, as the paper). Default 0.999 (about
+            the last 1000 steps, with TensorFlow's warm-up early on): on that phantom,
+            without it the mean HU of generated lesions swung between 47 and 81 HU over 5
+            seeds at 400 steps, against real lesions' 50-63 HU interquartile range; with it
+            (1500 steps, the ``cpu`` preset) every one of 5 seeds landed at 53-58 HU, with
+            96-100 % of draws pasteable.
     """
 
     nz: int = 100
@@ -83,8 +101,12 @@ class DCGANConfig:
     feather_sigma: float = 1.0
     min_lesion_px: int = 4
     max_redraws: int = 50
+    diffaugment: str = ""
+    ema: float = 0.999
 
     def __post_init__(self) -> None:
+        parse_policy(self.diffaugment, owner="dcgan: diffaugment")
+        check_decay(self.ema, "dcgan")
         if self.anatomy not in ANATOMY_CLASSES:
             raise ConfigError(
                 f"dcgan: unknown anatomy {self.anatomy!r}; known: {', '.join(ANATOMY_CLASSES)}"
@@ -232,6 +254,8 @@ class DCGAN(GanModule):
         self.register_buffer("class_counts", torch.zeros(cfg.n_classes, dtype=torch.int64))
         self._rois: Tensor | None = None
         self._classes: Tensor | None = None
+        self.policy = parse_policy(cfg.diffaugment)
+        attach_ema(self, ("netG",), cfg.ema)
 
     # ---- training ------------------------------------------------------------
     @classmethod
@@ -328,12 +352,16 @@ class DCGAN(GanModule):
         opt_g, opt_d = self.optimizers["G"], self.optimizers["D"]
         z = self.shard.randn(real.shape[0], self.cfg.nz, device=real.device)
         fake = self.netG(z, cond)
+        # DiffAugment: every ROI D sees, real or generated, freshly augmented (channel 0 is
+        # the image, 1 the mask: geometric transforms move both).
+        def aug(x: Tensor) -> Tensor:
+            return diff_augment(x, self.policy, intensity_channels=(0,), shard=self.shard)
 
         # D: maximise log D(x) + log(1 - D(G(z))).
         self.netD.requires_grad_(True)
         opt_d.zero_grad(set_to_none=True)
-        logit_real = self.netD(real, cond)
-        logit_fake = self.netD(fake.detach(), cond)
+        logit_real = self.netD(aug(real), cond)
+        logit_fake = self.netD(aug(fake.detach()), cond)
         loss_d_real = F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
         loss_d_fake = F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
         loss_d = loss_d_real + loss_d_fake
@@ -343,7 +371,7 @@ class DCGAN(GanModule):
         # G: maximise log D(G(z)) (the paper's non-saturating loss), D frozen.
         self.netD.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
-        logit_gen = self.netD(fake, cond)
+        logit_gen = self.netD(aug(fake), cond)
         loss_g = F.binary_cross_entropy_with_logits(logit_gen, torch.ones_like(logit_gen))
         self.backward(loss_g)
         self.optimizer_step(opt_g)
@@ -367,11 +395,11 @@ class DCGAN(GanModule):
         cond = self._condition(torch.tensor([cls]))
         device = self.class_counts.device
         with _inference(self):
-            out = self.netG(z.to(device), None if cond is None else cond.to(device))
+            out = self.generator_net("netG")(z.to(device), None if cond is None else cond.to(device))
         out = out[0].float().cpu().numpy()
         return self.window.to_hu(out[0]).astype(np.float32), out[1].astype(np.float32)
 
-    def _class_probabilities(self) -> np.ndarray:
+    def class_probabilities(self) -> np.ndarray:
         counts = self.class_counts.cpu().numpy().astype(np.float64)
         if counts.sum() == 0:
             if not self.conditional:
@@ -398,46 +426,23 @@ class DCGAN(GanModule):
             ConfigError: no hosts.
             DataError: no lesion could be placed within ``max_redraws`` draws.
         """
-        from augment.anatomy import allowed_region
-
         if not hosts:
             raise ConfigError("dcgan: synthesis needs host slices to paste lesions into")
         cfg = self.cfg
-        probs = self._class_probabilities()
+        probs = self.class_probabilities()
         regions: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         out: list[Sample] = []
         with _inference(self):
             for i in range(n):
                 for attempt in range(cfg.max_redraws):
-                    h = int(rng.integers(len(hosts)))
-                    cls = int(rng.choice(len(probs), p=probs)) + 1
-                    latent_seed = int(rng.integers(2**63 - 1))
-                    roi_hu, channel = self.generate_roi(latent_seed, cls)
-                    lesion = clean_mask(channel)
-                    if lesion.sum() < cfg.min_lesion_px:
-                        continue
-                    alpha = feather_alpha(lesion, cfg.dilate_px, cfg.feather_sigma)
-                    if _touches_edge(alpha):
-                        continue  # cutting the blend at the ROI edge would leave a seam
-                    if h not in regions:
-                        host = hosts[h]
-                        allowed = allowed_region(
-                            host.image, cfg.anatomy, spacing=host.meta.get("spacing")
+                    drawn = self.draw_lesion(rng, hosts, probs, regions)
+                    if drawn is not None:
+                        sample, (h, cls, position, lesion, latent_seed) = drawn
+                        sample.meta = self._meta(
+                            i, hosts[h], cls, position, lesion, latent_seed, attempt
                         )
-                        regions[h] = (allowed, host.mask > 0)
-                    allowed, occupied = regions[h]
-                    position = find_placement(lesion, allowed, occupied, rng, clear=alpha > 0)
-                    if position is None:
-                        continue
-                    r, c = position
-                    s = cfg.roi_size
-                    alpha = alpha * allowed[r : r + s, c : c + s]
-                    sample = paste(hosts[h], roi_hu, lesion, cls, position, alpha)
-                    sample.meta = self._meta(
-                        i, hosts[h], cls, position, lesion, latent_seed, attempt
-                    )
-                    out.append(sample)
-                    break
+                        out.append(sample)
+                        break
                 else:
                     raise DataError(
                         f"dcgan: no lesion placed in {cfg.max_redraws} draws for sample {i}: "
@@ -446,6 +451,55 @@ class DCGAN(GanModule):
                     )
         return out
 
+    def draw_lesion(
+        self,
+        rng: np.random.Generator,
+        hosts: Sequence[Sample],
+        probs: np.ndarray,
+        regions: dict[int, tuple[np.ndarray, np.ndarray]],
+    ) -> tuple[Sample, tuple[int, int, tuple[int, int], np.ndarray, int]] | None:
+        """One draw of `synthesize`: a host, a class, a generated ROI, pasted; None when
+        the draw fails (mask too small, blend at the ROI edge, no room in the host).
+
+        Returns ``(sample, (host index, class, position, lesion mask, latent seed))``;
+        ``regions`` caches each host's allowed region and lesions between draws.
+        """
+        from augment.anatomy import allowed_region
+
+        cfg = self.cfg
+        h = int(rng.integers(len(hosts)))
+        cls = int(rng.choice(len(probs), p=probs)) + 1
+        latent_seed = int(rng.integers(2**63 - 1))
+        roi_hu, channel = self.generate_roi(latent_seed, cls)
+        lesion = clean_mask(channel)
+        if lesion.sum() < cfg.min_lesion_px:
+            return None
+        alpha = feather_alpha(lesion, cfg.dilate_px, cfg.feather_sigma)
+        if _touches_edge(alpha):
+            return None  # cutting the blend at the ROI edge would leave a seam
+        if h not in regions:
+            host = hosts[h]
+            allowed = allowed_region(host.image, cfg.anatomy, spacing=host.meta.get("spacing"))
+            regions[h] = (allowed, host.mask > 0)
+        allowed, occupied = regions[h]
+        position = find_placement(lesion, allowed, occupied, rng, clear=alpha > 0)
+        if position is None:
+            return None
+        r, c = position
+        s = cfg.roi_size
+        alpha = alpha * allowed[r : r + s, c : c + s]
+        sample = paste(hosts[h], roi_hu, lesion, cls, position, alpha)
+        return sample, (h, cls, position, lesion, latent_seed)
+
+    def quality_probe(
+        self, data: Sequence[Sample], data_b: Sequence[Sample] | None, *, seed: int
+    ) -> dict[str, float]:
+        """``valid_rate`` (the share of `draw_lesion` draws that paste a lesion) and the HU
+        inside generated vs real lesions (`gan.train.probes.pasted_lesion_probe`)."""
+        from gan.train.probes import pasted_lesion_probe
+
+        return pasted_lesion_probe(self, data, seed=seed)
+
     def preview_rows(self, hosts: Sequence[Sample], *, seed: int) -> list[tuple[str, list[Sample]]]:
         """Raw generated ROIs (image + thresholded mask channel), then pasted samples.
 
@@ -453,7 +507,7 @@ class DCGAN(GanModule):
         the ROI row still shows how the generator is doing.
         """
         rng = np.random.default_rng(seed)
-        probs = self._class_probabilities()
+        probs = self.class_probabilities()
         rois = []
         for i in range(len(hosts)):
             cls = int(rng.choice(len(probs), p=probs)) + 1

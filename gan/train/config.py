@@ -27,6 +27,10 @@ class TrainConfig:
         grid_every: write a real-vs-synthetic PNG grid every this many steps (0: only
             at the end).
         grid_n: slices per grid row (0: no grids).
+        probes: with every grid (``grid_every``, and the last step, even when ``grid_n``
+            is 0) log the model's cheap quality numbers, ``probe/*`` (`gan.train.probes`:
+            lesion HU generated vs real, DCGAN's pasteable-draw rate, pix2pix's SSIM/PSNR,
+            CycleGAN's contrast retained); a fixed seed, so training is unchanged.
         log_every: losses are averaged over this many steps, then logged. Losses stay on
             the device in between: the host waits for the device only here.
         resume: continue the run in ``out`` from ``last.pt``.
@@ -58,6 +62,7 @@ class TrainConfig:
     ckpt_every: int = 500
     grid_every: int = 250
     grid_n: int = 4
+    probes: bool = True
     log_every: int = 10
     resume: bool = False
     overwrite: bool = False

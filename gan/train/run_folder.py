@@ -4,6 +4,7 @@ from it (the checkpoint must match the model, data and options it is resumed wit
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -35,6 +36,16 @@ from gan.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
+# Model options added after runs were already being written, with the values those runs
+# trained with: a checkpoint whose config lacks one resumes with this value, so an old run
+# continues as it started (`gan.train.diffaugment`, `gan.train.ema`: both off).
+LEGACY_OPTIONS: dict[str, Any] = {"diffaugment": "", "ema": 0.0}
+
+
+def with_legacy_options(config: dict[str, Any], fields: set[str]) -> dict[str, Any]:
+    """``config`` with the `LEGACY_OPTIONS` among ``fields`` it does not name filled in."""
+    return {**{k: v for k, v in LEGACY_OPTIONS.items() if k in fields}, **config}
+
 
 def check_resume(
     ckpt: dict[str, Any], module: GanModule, info: dict[str, Any], cfg: TrainConfig, path: Path
@@ -44,8 +55,8 @@ def check_resume(
             f"{path}: is a {ckpt.get('model')} run, cannot resume it as {module.name}"
         )
     config = to_jsonable(asdict(module.cfg))
-    if ckpt.get("config") != config:
-        old = ckpt.get("config") or {}
+    old = with_legacy_options(ckpt.get("config") or {}, set(config))
+    if old != config:
         changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
         raise CheckpointError(
             f"{path}: model config differs from the checkpoint's ({', '.join(changed)}); "
@@ -191,7 +202,8 @@ def resume_defaults(model: str, out: str | os.PathLike) -> dict[str, Any]:
         build_dataclass(cls.Config, ckpt["config"], source=f"{path}: config")
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
-    found: dict[str, Any] = {"config": dict(ckpt["config"])}
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    found: dict[str, Any] = {"config": with_legacy_options(dict(ckpt["config"]), fields)}
     recorded = ckpt.get("train") or {}
     for key in ("steps", "batch_size"):
         value = recorded.get(key)

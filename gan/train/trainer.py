@@ -73,7 +73,9 @@ from gan.train.data import (
     require_anatomy,
 )
 from gan.train.distributed import World, check_batch_split, data_parallel, joined, launched_size
+from gan.train.ema import complete_ema_state, update_ema
 from gan.train.precision import resolve_precision
+from gan.train.probes import run_probe
 from gan.train.run_folder import (
     check_resume,
     check_run_folder,
@@ -256,7 +258,7 @@ def _train(
         use_gemm_for_small_maps(module)
     start = 0
     if resume_from is not None:
-        module.load_state_dict(resume_from["state_dict"])
+        module.load_state_dict(complete_ema_state(module, resume_from["state_dict"], ckpt_path))
         for name, opt in module.optimizers.items():
             if name not in resume_from.get("optimizers", {}):
                 raise CheckpointError(f"{ckpt_path}: has no state for optimizer {name!r}")
@@ -344,12 +346,13 @@ def _train(
                     rate = (done - done_at_t0) / max(time.perf_counter() - t0, 1e-9)
                     sinks.log({"step": done, **losses, "steps_per_s": rate})
                     bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
-                if (
-                    world.is_main
-                    and cfg.grid_n
-                    and ((cfg.grid_every and done % cfg.grid_every == 0) or last)
-                ):
-                    grid(done)
+                if world.is_main and ((cfg.grid_every and done % cfg.grid_every == 0) or last):
+                    if cfg.grid_n:
+                        grid(done)
+                    if cfg.probes:  # cheap quality numbers, from the seed alone (gan.train.probes)
+                        probe = run_probe(module, data, data_b, seed=cfg.seed)
+                        if probe:
+                            sinks.log({"step": done, **probe})
                 if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or last:
                     monitor.check()  # never save weights that already went NaN
                     if world.is_main:
@@ -391,15 +394,19 @@ def _train(
 def train_step(module: GanModule, batch: dict[str, Tensor], step: int | None = None) -> dict[str, Any]:
     """One update of ``module`` on ``batch``: the learning-rate schedule (when the model
     follows one, `LinearDecayLR`: every optimizer's rate set for update ``step``, default the
-    updates it has done, and returned as ``lr``), then ``module.training_step``."""
+    updates it has done, and returned as ``lr``), then ``module.training_step``, then the
+    generator's moving average (`gan.train.ema.update_ema`, when the model keeps one)."""
     if not isinstance(module, LinearDecayLR):
-        return module.training_step(batch)
+        losses = module.training_step(batch)
+        update_ema(module)  # the generator's moving average, when the model keeps one
+        return losses
     step = module.steps_done if step is None else step
     lr = module.lr_at(step)
     for opt in module.optimizers.values():
         for group in opt.param_groups:
             group["lr"] = lr
     losses = module.training_step(batch)
+    update_ema(module)
     module.steps_done = step + 1
     return {**losses, "lr": lr}
 

@@ -53,6 +53,7 @@ def _dcgan_draws_discs(checkpoint: str) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+    module.generator_net("netG").load_state_dict(module.netG.state_dict())  # sampling runs the EMA copy
     module.save(checkpoint, step=2)
 
 

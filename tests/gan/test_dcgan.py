@@ -436,6 +436,7 @@ def _fit_discs(model: DCGAN, steps: int = 300, classes: tuple[int, ...] = (1, 2)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    model.generator_net("netG").load_state_dict(model.netG.state_dict())  # sampling runs the EMA copy
     return model
 
 

@@ -57,6 +57,7 @@ def _fit_disc_lesions(module: GanModule, steps: int = 120) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+    module.generator_net("netG").load_state_dict(module.netG.state_dict())  # sampling runs the EMA copy
 
 
 @pytest.fixture(scope="module")
