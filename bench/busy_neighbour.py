@@ -7,9 +7,9 @@ its turn, and a step can take many times longer (the issue measured CycleGAN's d
 training at 10 s idle and 259 ± 306 s beside one or two niced processes).
 
 For each workload and thread policy this script times the same training twice, alternating
-rounds: idle, and with ``--neighbours`` processes spinning a core each at ``nice 10``
-(``python -c "while True: pass"``; niced, as a background job or a second user's batch
-work would be). It prints seconds and the ratio busy / idle per policy, and each policy's
+rounds: idle, and with ``--neighbours`` processes spinning a core each at ``--nice``
+(default 10, as a background job or a second user's batch work would be; 0: a neighbour as
+important as we are) (``python -c "while True: pass"``). It prints seconds and the ratio busy / idle per policy, and each policy's
 idle time against the all-cores idle time (what the policy costs on an idle machine).
 
 Workloads (the shapes the demo trains):
@@ -102,8 +102,8 @@ def _time(workload: str, threads: int, steps: int, data: dict[str, str]) -> floa
     return float(res.stdout.strip().splitlines()[-1])
 
 
-def _neighbours(n: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen(["nice", "-n", "10", sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+def _neighbours(n: int, nice: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workload", nargs="+", default=["unit", "cyclegan"], choices=["unit", "cyclegan"])
     ap.add_argument("--policy", nargs="+", default=["all", "1"], help="'all' (one thread per core) or a count")
     ap.add_argument("--neighbours", type=int, default=1)
+    ap.add_argument("--nice", type=int, default=10, help="the neighbours' niceness (0: as important as us)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args(argv)
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 idle, busy = [], []
                 for r in range(args.rounds):
                     idle.append(_time(workload, threads, args.steps, data))
-                    procs = _neighbours(args.neighbours)
+                    procs = _neighbours(args.neighbours, args.nice)
                     try:
                         time.sleep(0.5)
                         busy.append(_time(workload, threads, args.steps, data))
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append({"workload": workload, "policy": policy, "threads": threads,
                                 "idle_s": min(idle), "busy_s": sum(busy) / len(busy), "busy_max_s": max(busy),
                                 "idle_rounds": idle, "busy_rounds": busy})
-    print(f"{cores} cores, {args.neighbours} niced neighbour(s), {args.steps} steps, {args.rounds} rounds: idle = "
+    print(f"{cores} cores, {args.neighbours} neighbour(s) at nice {args.nice}, {args.steps} steps, {args.rounds} "
+          "rounds: idle = "
           "best round, busy = mean (and worst) round")
     print(f"{'workload':10} {'threads':>7} {'idle s':>8} {'busy s':>8} {'worst':>8} {'busy/idle':>9} "
           f"{'idle vs all':>11}")

@@ -162,10 +162,11 @@ def cmd_gan_train(a: argparse.Namespace) -> None:
         log.info("gan train %s --resume: %s steps (%s), batch %s (%s), the run's model options",
                  a.model, steps, "--steps" if a.steps is not None else "the run's",
                  batch_size, "--batch-size" if a.batch_size is not None else "the run's")  # fmt: skip
+    preset_name = a.preset or "auto"
+    if preset_name == "auto":
+        preset_name = "paper" if resolve_device(a.device).type == "cuda" else "cpu"
+    _cpu_threads_for(preset_name, a)
     if steps is None or batch_size is None or base_config is None:
-        preset_name = a.preset or "auto"
-        if preset_name == "auto":
-            preset_name = "paper" if resolve_device(a.device).type == "cuda" else "cpu"
         preset = REGISTRY[a.model].presets[preset_name]
         log.info("gan train %s: preset %s (%s)", a.model, preset_name, preset_text(preset))
         steps = steps if steps is not None else preset["steps"]
@@ -192,6 +193,27 @@ def cmd_gan_train(a: argparse.Namespace) -> None:
     )
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one line, not one per process
         print(f"trained {a.model} to step {result['step']}; checkpoint: {result['checkpoint']}")
+
+
+def _cpu_threads_for(preset: str, a: argparse.Namespace) -> None:
+    """``gan train`` on the CPU without ``--threads``: one torch thread for the ``cpu`` and
+    ``tiny`` presets (and a resume), every core for ``paper``.
+
+    The small presets' convolutions barely use a second thread, and beside a busy process a
+    thread waiting for a taken core stalls each of them. bench/busy_neighbour.py on the 2-core
+    VM, CycleGAN's cpu preset, 60 steps: two threads 7.2 s idle and 22.7 s beside one busy
+    process (3.2x); one thread 8.4 s and 8.5 s (1.0x).
+    """
+    import torch
+
+    from gan.base import resolve_device
+
+    if a.threads or preset == "paper" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    if resolve_device(a.device).type == "cpu" and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+        log.info("gan train: one torch thread (small convolutions; robust beside other busy processes); "
+                 "--threads N to use more")
 
 
 def cmd_gan_evaluate(a: argparse.Namespace) -> None:
@@ -389,8 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     device.add_argument(
         "--threads", type=_positive_int, metavar="N",
-        help="CPU threads for torch (default: one per core). On a machine shared with other busy "
-        "processes use 1: a thread waiting for a busy core stalls every small convolution",
+        help="CPU threads for torch (default: one per core; gan train: one with the cpu and tiny presets; "
+        "compare/demo: one per unit, --jobs units at a time). Beside other busy processes a thread "
+        "waiting for a taken core stalls every small convolution (3-4x slower, bench/busy_neighbour.py)",
     )
 
     p = _Parser(

@@ -105,4 +105,23 @@ def test_help_shows_defaults_and_the_presets(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "(default: auto)" in out and "(default: 500)" in out
-    assert "dcgan cpu: 400 steps, batch 16" in out and "dcgan paper: 1000 steps, batch 64" in out
+    assert "dcgan cpu: 1500 steps, batch 16" in out and "dcgan paper: 1000 steps, batch 64" in out
+
+
+def test_gan_train_on_the_cpu_takes_one_thread_for_the_small_presets(monkeypatch):
+    """bench/busy_neighbour.py: two threads ran CycleGAN's cpu preset 3.2x slower beside one
+    busy process, one thread 1.0x; --threads and the paper preset keep every core."""
+    import argparse
+
+    import torch
+
+    from downstream.cli import _cpu_threads_for
+
+    calls = []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    _cpu_threads_for("cpu", argparse.Namespace(threads=None, device="cpu"))
+    assert calls == [1]
+    _cpu_threads_for("paper", argparse.Namespace(threads=None, device="cpu"))
+    _cpu_threads_for("tiny", argparse.Namespace(threads=2, device="cpu"))
+    assert calls == [1]
