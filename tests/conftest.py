@@ -38,3 +38,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def write_phantom_pair(root, n: int, size: int, **kw):
+    """Head-ICH phantom folders of the same anatomy in scanner domains A and B (2 slices
+    per patient), for tests that train generators."""
+    from augment.phantoms.render import write_phantom
+
+    kw = dict(size=size, seed=0, slices_per_patient=2, **kw)
+    return tuple(write_phantom(root / d, "head-ich", n, domain=d, **kw) for d in "AB")
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    """Eight 64 px head-ICH slices in domains A and B (a module may define its own)."""
+    return write_phantom_pair(tmp_path_factory.mktemp("phantom"), 8, 64)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from downstream.models.segment import UNet, dice_ce_loss
 from downstream.models.semi import (
     DualUNet,
     cdps_mask,
@@ -19,7 +20,6 @@ from downstream.models.semi import (
     sharpen,
     splat_mask,
 )
-from downstream.models.segment import UNet, dice_ce_loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -285,7 +285,13 @@ def test_a_strategy_without_semi_supervision_keeps_its_cache_key(semi_compared, 
     none = [r for r in _rows(out) if r["strategy"] == "none" and r["task"] == "segment"][0]
     # Recompute the key as the harness did before the option existed.
     from downstream.config import experiment_from_dict
-    from downstream.harness.compare import HARNESS_VERSION, Splits, _fingerprint, config_hash, prepare_data
+    from downstream.harness.compare import (
+        HARNESS_VERSION,
+        Splits,
+        _fingerprint,
+        config_hash,
+        prepare_data,
+    )
 
     exp = experiment_from_dict(SEMI)
     splits = Splits(exp, *prepare_data(exp, out / "data"))

@@ -19,14 +19,13 @@ import torch
 
 from augment.datasets import load_samples
 from augment.folder import load_sample, read_dataset
-from augment.phantoms.render import write_phantom
 from augment.sample import Sample, boxes_from_mask
 from gan.base import GanModule, Generator, get_generator
 from gan.registry import PRESET_NAMES, REGISTRY, GeneratorEntry
 from gan.synthesize import synthesize_dataset
 from gan.train.config import TrainConfig
 from gan.train.trainer import init_seed, train_generator
-from tests.conftest import TINY_BATCH, TINY_GENERATORS
+from tests.conftest import TINY_BATCH, TINY_GENERATORS, write_phantom_pair
 
 SIZE = 64  # phantom side (px): small enough for 2 CPU cores, big enough for 6 U-Net levels
 
@@ -75,12 +74,7 @@ def test_every_generator_is_registered_with_its_class_and_presets():
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> tuple[Path, Path]:
     """Head-ICH phantom folders, domains A and B (same anatomy, other scanner)."""
-    root = tmp_path_factory.mktemp("phantom")
-    kw = dict(size=SIZE, seed=0, slices_per_patient=2)
-    return (
-        write_phantom(root / "A", "head-ich", 10, domain="A", **kw),
-        write_phantom(root / "B", "head-ich", 10, domain="B", **kw),
-    )
+    return write_phantom_pair(tmp_path_factory.mktemp("phantom"), 10, SIZE)
 
 
 def check_samples(samples: list[Sample], hosts: list[Sample], n: int, name: str) -> None:

@@ -24,12 +24,11 @@ import yaml
 from torch import Tensor, nn
 
 from augment.errors import ConfigError
-from augment.phantoms.render import write_phantom
 from downstream.cli import main
 from gan.base import GanModule, read_checkpoint
 from gan.train.distributed import LAUNCH_ENV, WHOLE_BATCH, BatchShard, launched_size
 from gan.train.trainer import train_generator
-from tests.conftest import TINY_GENERATORS
+from tests.conftest import TINY_GENERATORS, write_phantom_pair
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 32  # phantom side (px): the smallest pix2pix's U-Net (5 levels) and CycleGAN take
@@ -44,12 +43,7 @@ EXACT = {
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> tuple[Path, Path]:
     """Head-ICH phantom folders, scanner domains A and B."""
-    root = tmp_path_factory.mktemp("phantom")
-    kw = dict(size=SIZE, seed=0, slices_per_patient=2, workers=1)
-    return (
-        write_phantom(root / "A", "head-ich", 8, domain="A", **kw),
-        write_phantom(root / "B", "head-ich", 8, domain="B", **kw),
-    )
+    return write_phantom_pair(tmp_path_factory.mktemp("phantom"), 8, SIZE, workers=1)
 
 
 def torchrun(model: str, data: list[Path], out: Path, *args: str) -> None:

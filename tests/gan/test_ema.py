@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from augment.phantoms.render import write_phantom
 from gan.base import GanModule, get_generator, read_checkpoint
 from gan.models.dcgan import DCGAN, DCGANConfig
 from gan.registry import REGISTRY
@@ -72,16 +71,6 @@ def test_dcgan_draws_with_the_ema_weights():
         for p in model.ema.nets["netG"].parameters():  # the average changes: so does the draw
             p.mul_(3.0)
     assert not np.array_equal(model.generate_roi(7, 1)[0], before[0])
-
-
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phantom")
-    kw = dict(size=64, seed=0, slices_per_patient=2)
-    return (
-        write_phantom(root / "A", "head-ich", 8, domain="A", **kw),
-        write_phantom(root / "B", "head-ich", 8, domain="B", **kw),
-    )
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from augment.datasets import load_samples
-from augment.phantoms.render import write_phantom
 from augment.sample import Sample
 from gan.base import GanModule, get_generator
 from gan.models.cyclegan import CycleGAN, CycleGANConfig
@@ -38,16 +37,6 @@ def test_hu_stats_by_hand():
     s = hu_stats(np.array([10.0, 20.0, 30.0, 40.0, 50.0]), "x")
     assert s == {"x_mean": 30.0, "x_median": 30.0, "x_q25": 20.0, "x_q75": 40.0}
     assert all(np.isnan(v) for v in hu_stats(np.zeros(0), "x").values())
-
-
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phantom")
-    kw = dict(size=64, seed=0, slices_per_patient=2)
-    return (
-        write_phantom(root / "A", "head-ich", 8, domain="A", **kw),
-        write_phantom(root / "B", "head-ich", 8, domain="B", **kw),
-    )
 
 
 def _log(run: dict) -> list[dict]:
