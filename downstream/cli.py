@@ -528,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="gan_command", required=True, metavar="SUBCOMMAND"
     )
     from gan.registry import MAX_BATCH_SIZE, PRESET_NAMES, REGISTRY, presets_help
-    from gan.train.config import TrainConfig
+    from gan.train.config import PRECISIONS, TrainConfig
 
     TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
@@ -558,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--wandb", action="store_true", help="log to wandb (offline unless configured)")
     tr.add_argument("--ckpt-every", type=int, default=TRAIN_DEFAULTS["ckpt_every"],
                     help="write RUN/last.pt (and a numbered copy) every N steps; 0: only at the end (default: %(default)s)")
-    tr.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+    tr.add_argument("--precision", choices=PRECISIONS, default="auto",
                     help="auto: bf16 autocast where the CPU (AMX, AVX512-BF16) or GPU computes it natively, "
                     "fp16 with a gradient scaler on older GPUs, else fp32 (default: %(default)s; the run's "
                     "config.yaml records what was used)")

@@ -17,6 +17,7 @@ import yaml
 
 from augment.config_types import build_dataclass
 from augment.errors import ConfigError
+from gan.train.config import PRECISIONS
 
 TASKS = ("segment", "detect")
 
@@ -324,7 +325,7 @@ def _check_recipe(spec: RecipeSpec, where: str) -> None:
     need(isinstance(spec.fg_fraction, (int, float)) and 0 <= spec.fg_fraction <= 1,
          f"fg_fraction must be in [0, 1], got {spec.fg_fraction!r}")
     need(is_int(spec.val_every) and spec.val_every >= 1, f"val_every must be an integer >= 1, got {spec.val_every!r}")
-    need(spec.precision in ("auto", "fp32", "bf16", "fp16"),
+    need(spec.precision in PRECISIONS,
          f"precision must be auto, fp32, bf16 or fp16, got {spec.precision!r}")
     need(isinstance(spec.window, str), f"window must be a window name, got {spec.window!r}")
     from augment.window import WINDOWS
@@ -573,7 +574,7 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "config") -> Experime
             raise ConfigError(f"{where}: generators: {e}") from None
         g = build_dataclass(GeneratorSpec, spec, f"{where}: generators.{name}", sep=".")
         build_dataclass(model.Config, g.config, source=f"{where}: generators.{name}.config")
-        if g.precision not in ("auto", "fp32", "bf16", "fp16"):
+        if g.precision not in PRECISIONS:
             raise ConfigError(f"{where}: generators.{name}.precision must be auto, fp32, bf16 or fp16, "
                               f"got {g.precision!r}")
         for key in ("steps", "batch_size", "n_synthetic"):

@@ -75,7 +75,7 @@ class DCGANConfig:
             networks, ``ema = 0.999``, seed 0): with ``"translation"`` 81 % of draws gave a
             pasteable lesion after 1500 steps (16 % of generated masks under
             ``min_lesion_px``), with ``"translation,cutout"`` 88-100 % after 1200 (two
-            seeds), without it 98 % after 1500 (README, "Training on tens of lesions").
+            seeds), without it 98 % after 1500 (README, "Generators on tens of lesions").
         ema: decay per step of the generator's moving average that synthesis uses
             (`gan.train.ema`; 0 = the raw generator, as the paper). Default 0.999 (about
             the last 1000 steps, with TensorFlow's warm-up early on): on that phantom,

@@ -12,6 +12,10 @@ from pathlib import Path
 from augment.errors import ConfigError
 from gan.registry import MAX_BATCH_SIZE
 
+# Training precisions (`gan.train.precision` resolves ``auto``); here so that configs and the
+# CLI check them without importing torch.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -82,7 +86,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train: {name} must be >= 1, got {getattr(self, name)}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+        if self.precision not in PRECISIONS:
             raise ConfigError(f"train: precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if int(self.batch_size) > MAX_BATCH_SIZE:
             raise ConfigError(

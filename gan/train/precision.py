@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from augment.errors import ConfigError
+from gan.train.config import PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
