@@ -252,7 +252,8 @@ def build_reference(name: str, module: GanModule, device: torch.device) -> tuple
 
 
 def _n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    """Trained parameters (an EMA generator's shadow copy is not trained, `gan.train.ema`)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def time_reference(step: Step, device: torch.device, warmup: int, steps: int) -> float:

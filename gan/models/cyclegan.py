@@ -37,6 +37,7 @@ from gan.networks.resnet import N_DOWNSAMPLING, ResnetGenerator, init_normal_
 from gan.train.diffaugment import diff_augment, parse_policy
 from gan.train.distributed import WHOLE_BATCH, BatchShard
 from gan.train.ema import attach_ema, check_decay
+from gan.train.optim import adam
 
 log = logging.getLogger(__name__)
 
@@ -212,12 +213,8 @@ class CycleGAN(LinearDecayLR, GanModule):
         self.pool_b = ImagePool(cfg.pool_size)
         betas = (cfg.beta1, 0.999)
         self.optimizers = {
-            "G": torch.optim.Adam(
-                itertools.chain(self.g_ab.parameters(), self.g_ba.parameters()), cfg.lr, betas=betas, foreach=True
-            ),
-            "D": torch.optim.Adam(
-                itertools.chain(self.d_a.parameters(), self.d_b.parameters()), cfg.lr, betas=betas, foreach=True
-            ),
+            "G": adam(itertools.chain(self.g_ab.parameters(), self.g_ba.parameters()), cfg.lr, betas),
+            "D": adam(itertools.chain(self.d_a.parameters(), self.d_b.parameters()), cfg.lr, betas),
         }
         self._a: Tensor | None = None
         self._b: Tensor | None = None

@@ -39,6 +39,7 @@ from gan.models.paste import clean_mask, feather_alpha, feather_reach, find_plac
 from gan.networks.dcgan import DCGANDiscriminator, DCGANGenerator, n_resolution_steps
 from gan.train.diffaugment import diff_augment, parse_policy
 from gan.train.ema import attach_ema, check_decay
+from gan.train.optim import adam
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +246,8 @@ class DCGAN(GanModule):
         self.netG = DCGANGenerator(cfg.nz, cfg.ngf, 2, cfg.roi_size, n_cond)
         self.netD = DCGANDiscriminator(2, cfg.ndf, cfg.roi_size, n_cond, cfg.spectral_norm)
         self.optimizers = {
-            "G": torch.optim.Adam(self.netG.parameters(), lr=cfg.lr, betas=cfg.betas, foreach=True),
-            "D": torch.optim.Adam(self.netD.parameters(), lr=cfg.lr, betas=cfg.betas, foreach=True),
+            "G": adam(self.netG.parameters(), cfg.lr, cfg.betas),
+            "D": adam(self.netD.parameters(), cfg.lr, cfg.betas),
         }
         self.window = Window(*cfg.window)
         # Training-lesion count per class (index k-1 for class k); synthesis draws classes

@@ -54,6 +54,7 @@ from gan.networks.resnet import init_normal_
 from gan.networks.unet import MIN_DOWNS, UnetGenerator
 from gan.train.diffaugment import diff_augment, parse_policy
 from gan.train.ema import attach_ema, check_decay
+from gan.train.optim import adam
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +238,8 @@ class Pix2Pix(LinearDecayLR, GanModule):
         self.policy = parse_policy(cfg.diffaugment)
         betas = (cfg.beta1, 0.999)
         self.optimizers = {
-            "G": torch.optim.Adam(self.net_g.parameters(), cfg.lr, betas=betas, foreach=True),
-            "D": torch.optim.Adam(self.net_d.parameters(), cfg.lr, betas=betas, foreach=True),
+            "G": adam(self.net_g.parameters(), cfg.lr, betas),
+            "D": adam(self.net_d.parameters(), cfg.lr, betas),
         }
         # The mask bank (filled by prepare, restored by load): every lesion component of
         # the training data as zero-padded crops, their sizes, classes and source ids.

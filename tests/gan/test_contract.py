@@ -127,6 +127,8 @@ def test_generator_contract(name, phantoms, tmp_path):
                 assert torch.equal(
                     torch.as_tensor(value), torch.as_tensor(b["optimizers"][opt]["state"][p][key])
                 )
+    # Fused Adam (gan.train.optim), kept across the resume.
+    assert all(g["fused"] for opt in b["optimizers"].values() for g in opt["param_groups"])
     assert all(np.isfinite(v) for v in straight["losses"].values()) and straight["losses"]
     assert Path(straight["grids"][-1]).name == "step_000002.png"
 
@@ -171,3 +173,22 @@ def test_generator_contract(name, phantoms, tmp_path):
     info, records = read_dataset(out)
     assert info["generator"] == name and info["hosts"] == str(data.resolve())
     check_samples([load_sample(out, r, verify=True) for r in records], hosts, 3, name)
+
+
+def test_a_run_from_before_fused_adam_resumes(phantoms, tmp_path):
+    """A checkpoint whose optimizers were foreach Adam (runs before gan.train.optim)
+    resumes, and keeps its optimizer's settings: the run continues as it started."""
+    data, _ = phantoms
+    kw = dict(batch_size=BATCH["pix2pix"], seed=0, device="cpu", model_config=TINY["pix2pix"],
+              grid_n=0, log_every=1, progress=False)  # fmt: skip
+    first = train_generator("pix2pix", data, None, tmp_path / "run", steps=1, **kw)
+    ckpt = torch.load(first["checkpoint"], weights_only=True)
+    for state in ckpt["optimizers"].values():
+        for group in state["param_groups"]:
+            group.update(fused=None, foreach=True)  # what torch.optim.Adam(foreach=True) saved
+    torch.save(ckpt, first["checkpoint"])
+    resumed = train_generator("pix2pix", data, None, tmp_path / "run", steps=2, resume=True, **kw)
+    after = torch.load(resumed["checkpoint"], weights_only=True)
+    assert after["step"] == 2
+    groups = [g for state in after["optimizers"].values() for g in state["param_groups"]]
+    assert all(g["foreach"] and not g["fused"] for g in groups)
