@@ -20,7 +20,11 @@ alternating round by round because the machine is shared and noisy:
 
 Ours is timed at each ``--precision`` (default fp32 and auto: bf16 autocast where the CPU
 has AMX/AVX512-BF16 or the GPU native bf16, `gan.train.precision`), always against the
-float32 reference: the ratio of the auto row is what a user gets by default.
+float32 reference: the ratio of the auto row is what a user gets by default. Ours includes
+what a real step does beyond the reference: DCGAN's EMA update of its generator (on by
+default, `gan.train.ema`); its Adam is the fused kernel (`gan.train.optim`). With
+``--compile`` each precision is timed again with ``TrainConfig.compile``
+(`gan.train.compiled`); the compilation falls in the warm-up steps and is not counted.
 
 GFLOP/s: the FLOPs of one reference training step (forward, backward; counted by
 ``torch.utils.flop_counter.FlopCounterMode``, optimizer not counted) divided by each
@@ -32,7 +36,7 @@ stalls the whole step): use more ``--rounds``, or ``--threads 1``, before readin
 ratio far from 1 as real.
 
     .venv/bin/python bench/gan_step.py [--model all] [--steps 5] [--warmup 2] [--rounds 2]
-        [--threads N] [--device auto] [--precision fp32 auto]
+        [--threads N] [--device auto] [--precision fp32 auto] [--compile]
 """
 
 from __future__ import annotations
@@ -279,10 +283,12 @@ def time_ours(
     steps: int,
     out: Path,
     precision: str = "fp32",
+    compile: bool = False,
 ) -> float:
     total = warmup + steps
     cfg = TrainConfig(
         precision=precision,
+        compile=compile,
         steps=total,
         batch_size=BATCH[name],
         out=out,
@@ -321,29 +327,33 @@ def bench(name: str, args: argparse.Namespace, device: torch.device, tmp: Path) 
         )
     flops = reference_flops(ref_step)
     ref_times: list[float] = []
-    our_times: dict[str, list[float]] = {p: [] for p in args.precision}
+    variants = [(p, False) for p in args.precision] + [(p, True) for p in args.precision if args.compile]
+    our_times: dict[tuple[str, bool], list[float]] = {v: [] for v in variants}
     for r in range(args.rounds):
         ref_times.append(time_reference(ref_step, device, args.warmup, args.steps))
-        for precision in args.precision:
-            our_times[precision].append(
+        for precision, compiled in variants:
+            our_times[precision, compiled].append(
                 time_ours(name, module, data, data_b, args.device, args.warmup, args.steps,
-                          tmp / f"{name}_{precision}_{r}", precision=precision)
+                          tmp / f"{name}_{precision}_{compiled}_{r}", precision=precision,
+                          compile=compiled)
             )
         print(
             f"  {name} round {r + 1}: reference {ref_times[-1]:.3f} s/iter, ours "
-            + ", ".join(f"{p} {t[-1]:.3f}" for p, t in our_times.items()) + " s/iter",
+            + ", ".join(f"{p}{'+compile' if c else ''} {t[-1]:.3f}" for (p, c), t in our_times.items())
+            + " s/iter",
             file=sys.stderr,
             flush=True,
         )
     ref = min(ref_times)
     size = module.cfg.roi_size if name == "dcgan" else SIZE
     rows = []
-    for precision, times in our_times.items():
+    for (precision, compiled), times in our_times.items():
         ours = min(times)
         used = resolve_precision(precision, device).name
+        label = precision if used == precision else f"{precision}={used}"
         rows.append({
             "model": name,
-            "precision": precision if used == precision else f"{precision}={used}",
+            "precision": label + ("+compile" if compiled else ""),
             "batch": BATCH[name],
             "size": size,
             "ref": ref,
@@ -367,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32", "auto"],
                    help="precisions of our step to time, each against the fp32 reference "
                    "(default: fp32 auto; auto is bf16 where the hardware has it natively)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time each precision of ours with torch.compile (TrainConfig.compile; "
+                   "compilation happens in the warm-up steps and is not counted)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 1 or args.rounds < 1:
         p.error("--steps, --warmup and --rounds must be >= 1")
@@ -385,13 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             rows += bench(name, args, device, Path(tmp))
     head = (
-        f"{'model':<9} {'precision':<10} {'batch':>5} {'size':>4} {'GFLOP/step':>10} {'ref s/iter':>10} "
+        f"{'model':<9} {'precision':<18} {'batch':>5} {'size':>4} {'GFLOP/step':>10} {'ref s/iter':>10} "
         f"{'ours s/iter':>11} {'ratio':>6} {'ref GFLOP/s':>11} {'ours GFLOP/s':>12}"
     )
     print(head)
     for r in rows:
         print(
-            f"{r['model']:<9} {r['precision']:<10} {r['batch']:>5} {r['size']:>4} {r['gflop_step']:>10.1f} "
+            f"{r['model']:<9} {r['precision']:<18} {r['batch']:>5} {r['size']:>4} {r['gflop_step']:>10.1f} "
             f"{r['ref']:>10.3f} {r['ours']:>11.3f} {r['ratio']:>6.2f} "
             f"{r['gflops_ref']:>11.1f} {r['gflops_ours']:>12.1f}"
         )

@@ -190,6 +190,9 @@ def cmd_gan_train(a: argparse.Namespace) -> None:
         ckpt_every=a.ckpt_every,
         grid_every=a.grid_every,
         precision=a.precision,
+        compile=a.compile,
+        until=a.until,
+        patience=a.patience,
     )
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one line, not one per process
         print(f"trained {a.model} to step {result['step']}; checkpoint: {result['checkpoint']}")
@@ -529,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from gan.registry import MAX_BATCH_SIZE, PRESET_NAMES, REGISTRY, presets_help
     from gan.train.config import PRECISIONS, TrainConfig
+    from gan.train.early_stop import UNTIL
 
     TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
@@ -564,6 +568,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "config.yaml records what was used)")
     tr.add_argument("--grid-every", type=int, default=TRAIN_DEFAULTS["grid_every"],
                     help="write a progress grid PNG every N steps; 0: only at the end (default: %(default)s)")
+    tr.add_argument("--until", choices=UNTIL, default="steps",
+                    help="quality: also stop once --patience probes in a row (one per --grid-every) "
+                    "have not improved the probe score (DCGAN: pasteable draws and lesion HU vs real; "
+                    "pix2pix: SSIM); --steps stays the cap (default: %(default)s)")
+    tr.add_argument("--patience", type=int, default=TRAIN_DEFAULTS["patience"],
+                    help="probes without improvement that end an --until quality run (default: %(default)s)")
+    tr.add_argument("--compile", action="store_true",
+                    help="torch.compile the training step: ~1-2 min of compilation first; on the CPU "
+                    "it pays for CycleGAN at bf16 (1.8x per step), not for pix2pix or DCGAN's cpu preset "
+                    "(gan/train/compiled.py has the measurements; needs g++ on the CPU)")
     tr.set_defaults(func=cmd_gan_train)
 
     ev = g.add_parser("evaluate", parents=[common, device], help="SSIM/PSNR, FID/KID, memorisation audit")

@@ -138,6 +138,9 @@ class GanModule(nn.Module, ABC):
         ema = ema_of(self)
         return ema.nets[name] if ema is not None and name in ema.nets else getattr(self, name)
 
+    # Whether `quality_probe` gives a score `gan.train.early_stop` can stop on (--until quality).
+    quality_scored: bool = False
+
     def quality_probe(
         self, data: Sequence[Sample], data_b: Sequence[Sample] | None, *, seed: int
     ) -> dict[str, float]:

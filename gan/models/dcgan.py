@@ -35,6 +35,7 @@ from augment.errors import CheckpointError, ConfigError, DataError
 from augment.sample import Sample
 from augment.window import WINDOWS, Window
 from gan.base import GanModule
+from gan.models.hu_match import class_targets, hu_match_loss
 from gan.models.paste import clean_mask, feather_alpha, feather_reach, find_placement, paste
 from gan.networks.dcgan import DCGANDiscriminator, DCGANGenerator, n_resolution_steps
 from gan.train.diffaugment import diff_augment, parse_policy
@@ -104,6 +105,7 @@ class DCGANConfig:
     max_redraws: int = 50
     diffaugment: str = ""
     ema: float = 0.999
+    lesion_hu_weight: float = 0.0
 
     def __post_init__(self) -> None:
         parse_policy(self.diffaugment, owner="dcgan: diffaugment")
@@ -125,6 +127,8 @@ class DCGANConfig:
         for name in ("nz", "ngf", "ndf", "max_redraws", "min_lesion_px"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"dcgan: {name} must be >= 1, got {getattr(self, name)}")
+        if not self.lesion_hu_weight >= 0:
+            raise ConfigError(f"dcgan: lesion_hu_weight must be >= 0, got {self.lesion_hu_weight}")
         if self.dilate_px < 0 or self.feather_sigma < 0:
             raise ConfigError("dcgan: dilate_px and feather_sigma must be >= 0")
         if 2 * (feather_reach(self.dilate_px, self.feather_sigma) + 1) >= self.roi_size:
@@ -255,6 +259,7 @@ class DCGAN(GanModule):
         self.register_buffer("class_counts", torch.zeros(cfg.n_classes, dtype=torch.int64))
         self._rois: Tensor | None = None
         self._classes: Tensor | None = None
+        self._class_hu: Tensor | None = None  # real lesion mean per class (prepare)
         self.policy = parse_policy(cfg.diffaugment)
         attach_ema(self, ("netG",), cfg.ema)
 
@@ -331,6 +336,7 @@ class DCGAN(GanModule):
         )
         self._rois = torch.from_numpy(rois)
         self._classes = torch.from_numpy(classes)
+        self._class_hu = class_targets(self._rois, self._classes, cfg.n_classes)
         freq = np.bincount(classes - 1, minlength=cfg.n_classes)
         self.class_counts.copy_(torch.from_numpy(freq))
 
@@ -373,7 +379,13 @@ class DCGAN(GanModule):
         self.netD.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
         logit_gen = self.netD(aug(fake), cond)
-        loss_g = F.binary_cross_entropy_with_logits(logit_gen, torch.ones_like(logit_gen))
+        loss_g_gan = F.binary_cross_entropy_with_logits(logit_gen, torch.ones_like(logit_gen))
+        loss_g, extra = loss_g_gan, {}
+        if self._class_hu is not None:  # set by prepare; logged even at weight 0 (a drift gauge)
+            loss_hu = hu_match_loss(fake, batch["cls"], self._class_hu)  # gan.models.hu_match
+            extra["hu_match"] = loss_hu.detach()
+            if self.cfg.lesion_hu_weight:
+                loss_g = loss_g_gan + self.cfg.lesion_hu_weight * loss_hu
         self.backward(loss_g)
         self.optimizer_step(opt_g)
         self.netD.requires_grad_(True)
@@ -381,6 +393,8 @@ class DCGAN(GanModule):
         return {
             "loss_d": loss_d.detach(),
             "loss_g": loss_g.detach(),
+            "loss_g_gan": loss_g_gan.detach(),
+            **extra,
             "d_real": torch.sigmoid(logit_real).mean().detach(),
             "d_fake": torch.sigmoid(logit_fake).mean().detach(),
         }
@@ -491,6 +505,8 @@ class DCGAN(GanModule):
         alpha = alpha * allowed[r : r + s, c : c + s]
         sample = paste(hosts[h], roi_hu, lesion, cls, position, alpha)
         return sample, (h, cls, position, lesion, latent_seed)
+
+    quality_scored = True  # --until quality (gan.train.early_stop)
 
     def quality_probe(
         self, data: Sequence[Sample], data_b: Sequence[Sample] | None, *, seed: int

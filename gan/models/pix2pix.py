@@ -557,6 +557,8 @@ class Pix2Pix(LinearDecayLR, GanModule):
             "hosts (hosts without that anatomy, or masks too large for the slices?)"
         )
 
+    quality_scored = True  # --until quality (gan.train.early_stop)
+
     def quality_probe(
         self, data: Sequence[Sample], data_b: Sequence[Sample] | None, *, seed: int
     ) -> dict[str, float]:

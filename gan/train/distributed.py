@@ -264,7 +264,7 @@ def trained_networks(module: nn.Module) -> list[str]:
 
 
 def data_parallel(
-    module: nn.Module, world: World
+    module: nn.Module, world: World, *, compile_networks: bool = False
 ) -> Callable[[], contextlib.AbstractContextManager]:
     """What the trainer enters around each training step of ``module``.
 
@@ -272,18 +272,21 @@ def data_parallel(
     (`trained_networks`) is wrapped in DistributedDataParallel, once (on CUDA its
     BatchNorm layers become SyncBatchNorm first: same parameters, same state-dict keys),
     and each step runs with those wrappers in place of the networks and
-    ``module.shard`` set to this process's part of the batch.
+    ``module.shard`` set to this process's part of the batch. With ``compile_networks``
+    each trained network (or its DDP wrapper, as PyTorch advises) is also wrapped in
+    ``torch.compile`` (`gan.train.compiled`), for the training step only: grids, probes and
+    synthesis run the plain networks, so they never trigger a compilation of their own.
 
     The wrappers shadow the networks as instance attributes (``module.netG`` finds the
     wrapper first), while ``state_dict``, ``parameters`` and the submodules still see the
     plain networks: checkpoints keep their keys, and synthesis outside the step (the
     grids process 0 draws) never enters a collective the other processes do not.
     """
-    if world.size == 1:
+    if world.size == 1 and not compile_networks:
         return contextlib.nullcontext
-    wrapped: dict[str, DistributedDataParallel] = {}
+    wrapped: dict[str, nn.Module] = {}
     per_process_norm = []
-    for name in trained_networks(module):
+    for name in trained_networks(module) if world.size > 1 else ():
         net = getattr(module, name)
         if world.device.type == "cuda":
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
@@ -299,17 +302,23 @@ def data_parallel(
             module.name, ", ".join(per_process_norm),
         )  # fmt: skip
 
+    if compile_networks:
+        for name in trained_networks(module):
+            wrapped[name] = torch.compile(wrapped.get(name, getattr(module, name)))
+
     @contextlib.contextmanager
     def step() -> Iterator[None]:
         attributes = vars(module)
         attributes.update(wrapped)
-        module.shard = world.shard
+        if world.size > 1:
+            module.shard = world.shard
         try:
             yield
         finally:
             for name in wrapped:
                 del attributes[name]
-            del module.shard  # back to the class's whole batch
+            if world.size > 1:
+                del module.shard  # back to the class's whole batch
 
     return step
 

@@ -63,6 +63,7 @@ from gan.base import (
     resolve_device,
 )
 from gan.networks.small_maps import use_gemm_for_small_maps
+from gan.train.compiled import check_compile
 from gan.train.config import TrainConfig
 from gan.train.data import (
     data_defaults,
@@ -73,8 +74,10 @@ from gan.train.data import (
     require_anatomy,
 )
 from gan.train.distributed import World, check_batch_split, data_parallel, joined, launched_size
+from gan.train.early_stop import QualityStop, check_until, quality_score
 from gan.train.ema import complete_ema_state, update_ema
 from gan.train.precision import resolve_precision
+from gan.train.probes import PREFIX as PROBE_PREFIX
 from gan.train.probes import run_probe
 from gan.train.run_folder import (
     check_resume,
@@ -221,6 +224,9 @@ def train(
     """
     check_batch_split(cfg.batch_size, launched_size())
     check_run_folder(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
+    if cfg.compile:
+        check_compile(resolve_device(cfg.device))
+    check_until(cfg.until, module.name, module.quality_scored)
     with joined(resolve_device(cfg.device)) as world:
         return _train(module, data, data_b, cfg, data_info or {}, world)
 
@@ -271,7 +277,7 @@ def _train(
         module.scaler.load_state_dict(resume_from["scaler"])
     log.info("%s: training in %s (%s)", module.name, precision.name, precision.why)
     module.train()
-    parallel_step = data_parallel(module, world)
+    parallel_step = data_parallel(module, world, compile_networks=cfg.compile)
 
     resolved = {
         "model": module.name,
@@ -317,6 +323,8 @@ def _train(
     monitor = LossMonitor(device)
     losses: dict[str, float] = {}
     done = start
+    stopper = QualityStop(cfg.patience) if cfg.until == "quality" else None
+    stopped = False
     sha = ""
     autocast = precision.autocast(device)
     bench_flag = torch.backends.cudnn.benchmark
@@ -353,11 +361,18 @@ def _train(
                         probe = run_probe(module, data, data_b, seed=cfg.seed)
                         if probe:
                             sinks.log({"step": done, **probe})
+                        if stopper is not None and not last:
+                            stopped = _quality_stop(stopper, probe, done, cfg, sinks)
+                if stopper is not None and cfg.grid_every and done % cfg.grid_every == 0:
+                    stopped = world.any(stopped)  # process 0 probed; every process stops
+                last = last or stopped
                 if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or last:
                     monitor.check()  # never save weights that already went NaN
                     if world.is_main:
                         _, sha = save_checkpoint(module, cfg, done, numbered=not last)
                 bar.update(1)
+                if stopped:
+                    break
     except KeyboardInterrupt:
         if world.is_main:
             save_checkpoint(module, cfg, done, numbered=False)
@@ -382,6 +397,7 @@ def _train(
     sha = world.from_main(sha)  # and the others wait until process 0 has written
     return {
         "step": done,
+        "stopped_early": stopped,
         "losses": losses,
         "checkpoint": str(ckpt_path),
         "checkpoint_sha256": sha,
@@ -389,6 +405,27 @@ def _train(
         "config": str(config_path),
         "grids": grids,
     }
+
+
+def _quality_stop(
+    stopper: QualityStop, probe: dict[str, float], step: int, cfg: TrainConfig, sinks: Sinks
+) -> bool:
+    """Feed the probe's score to ``stopper`` (`gan.train.early_stop`); log and say when the
+    run stops here."""
+    raw = {k.removeprefix(PROBE_PREFIX): v for k, v in probe.items()}
+    score = quality_score(raw) if raw else None
+    if score is None:  # a skipped probe (logged by run_probe) counts as no improvement
+        score = float("nan")
+    stop = stopper.update(step, score)
+    sinks.log({"step": step, "quality/score": score, "quality/best": stopper.best,
+               "quality/best_step": stopper.best_step})  # fmt: skip
+    if stop:
+        log.warning(
+            "--until quality: no better probe score for %d probes (best %.3f at step %d); "
+            "stopping at step %d of %d", stopper.patience, stopper.best, stopper.best_step,
+            step, cfg.steps,
+        )  # fmt: skip
+    return stop
 
 
 def train_step(module: GanModule, batch: dict[str, Tensor], step: int | None = None) -> dict[str, Any]:

@@ -246,7 +246,7 @@ def test_training_step_updates_both_networks(phantom_lesions, spectral_norm):
     model = _model(phantom_lesions, spectral_norm=spectral_norm)
     g0, d0 = _params(model.netG), _params(model.netD)
     losses = model.training_step(model.make_batch(np.random.default_rng(0), 4))
-    assert set(losses) == {"loss_d", "loss_g", "d_real", "d_fake"}
+    assert set(losses) == {"loss_d", "loss_g", "loss_g_gan", "hu_match", "d_real", "d_fake"}
     assert all(torch.isfinite(torch.as_tensor(v)) for v in losses.values())
     assert not losses["loss_g"].requires_grad
     assert not _same(g0, _params(model.netG)) and not _same(d0, _params(model.netD))
