@@ -91,7 +91,7 @@ class DCGANConfig:
             phantom (50 slices, 58 lesions, ``cpu`` preset, 5 seeds) the pasted lesions'
             mean HU was 43-62 without it (two seeds below the real lesions' 46-70 HU
             interquartile range), 47-62 at weight 1 (one seed at the range's edge) and
-            60-62 at 5 (real mean 58). 0 turns it off (the paper's loss).
+            60-63 at 5 (real mean 58). 0 turns it off (the paper's loss).
     """
 
     nz: int = 100

@@ -23,7 +23,7 @@ gradient reaches the image inside the mask, not the mask itself.
 What was tried on the way (same phantom and seeds): a soft weight ``(m + 1) / 2`` instead
 of the thresholded mask pulled the wrong pixels (class 1's soft mean met its target while
 the pixels synthesis pastes stayed 12 HU darker); per-ROI instead of per-pixel means and
-weight 1 left one seed at 47 HU, the edge of the range; weight 5 put all five at 60-62 HU.
+weight 1 left one seed at 47 HU, the edge of the range; weight 5 put all five at 60-63 HU.
 """
 
 
