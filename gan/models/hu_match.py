@@ -33,15 +33,6 @@ import torch
 from torch import Tensor
 
 
-def roi_lesion_means(rois: Tensor) -> tuple[Tensor, Tensor]:
-    """Per ROI (B, 2, S, S; image, mask channel in [-1, 1]): the image averaged over the
-    pixels whose mask channel is > 0, and whether the ROI has any such pixel."""
-    inside = (rois[:, 1] > 0).to(rois.dtype)
-    count = inside.sum(dim=(1, 2))
-    mean = (rois[:, 0] * inside).sum(dim=(1, 2)) / count.clamp_min(1.0)
-    return mean, count > 0
-
-
 def _pixel_mean(rois: Tensor) -> tuple[Tensor, Tensor]:
     """The image over every lesion pixel of ``rois`` (B, 2, S, S), and the pixel count."""
     inside = (rois[:, 1] > 0).to(rois.dtype)
@@ -77,4 +68,4 @@ def hu_match_loss(fake: Tensor, classes: Tensor, targets: Tensor) -> Tensor:
     return torch.stack(terms).mean()
 
 
-__all__ = ["class_targets", "hu_match_loss", "roi_lesion_means"]
+__all__ = ["class_targets", "hu_match_loss"]

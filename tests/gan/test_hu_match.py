@@ -9,7 +9,7 @@ import torch
 
 from augment.errors import ConfigError
 from gan.models.dcgan import DCGANConfig
-from gan.models.hu_match import class_targets, hu_match_loss, roi_lesion_means
+from gan.models.hu_match import class_targets, hu_match_loss
 
 
 def roi(value: float, pixels: int, size: int = 8, background: float = -0.7) -> torch.Tensor:
@@ -23,17 +23,17 @@ def roi(value: float, pixels: int, size: int = 8, background: float = -0.7) -> t
 
 def test_lesion_mean_is_the_image_where_the_mask_channel_is_positive():
     rois = torch.stack([roi(0.5, 10), roi(0.2, 3), roi(0.9, 0)])
-    means, ok = roi_lesion_means(rois)
-    # Binary masks: exactly the lesion pixels' value; no mask: nothing to average.
+    means = class_targets(rois, torch.tensor([1, 2, 3]), n_classes=3)
+    # Binary masks: exactly the lesion pixels' value; no mask: nothing to average (NaN).
     assert means[:2].tolist() == pytest.approx([0.5, 0.2])
-    assert ok.tolist() == [True, True, False]
+    assert math.isnan(means[2].item())
     # A generated mask: 0.3 on 4 pixels of 0.6 (inside), exactly 0 on 2 pixels of 0.0 and
     # -0.2 elsewhere (outside, as synthesis thresholds at > 0): the mean is 0.6.
     soft = roi(0.6, 4)
     soft[1] = -0.2
     soft[1, 0, :4] = 0.3
     soft[0, 0, 4:6], soft[1, 0, 4:6] = 0.0, 0.0
-    assert roi_lesion_means(soft[None])[0].item() == pytest.approx(0.6)
+    assert class_targets(soft[None], torch.tensor([1]), n_classes=1)[0].item() == pytest.approx(0.6)
 
 
 def test_class_targets_average_each_class_per_pixel_and_leave_absent_classes_nan():
